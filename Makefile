@@ -1,0 +1,94 @@
+# ftengine - top-level Makefile.
+#
+#   make            build everything into build/
+#   make SAN=1      build with ASan+UBSan into build-san/
+#   make check      build both, run the whole test suite on both
+#   make bench      build the benchmarks (run them from bench/, see docs/performance.md)
+#   make fuzz       build the fuzz targets (clang/libFuzzer) into build-fuzz/
+#   make format     clang-format every C file in place
+#
+# Every engine directory's .c files go into libft.a; hv/kvm's into
+# libhvkvm.a; each program links what it needs.  Guests are built
+# freestanding by guest/guest.mk.
+
+ifeq ($(wildcard config.mk),)
+$(error config.mk missing: run ./configure (or ./configure --install-deps) first)
+endif
+include config.mk
+
+SAN ?= 0
+ifeq ($(SAN),1)
+B := build-san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+B := build
+SANFLAGS :=
+endif
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+	-Wno-unused-parameter -Wpointer-arith -Wvla
+CFLAGS ?= -O2 -g
+ALL_CFLAGS := -std=gnu11 $(WARN) $(CFLAGS) $(SANFLAGS) -D_GNU_SOURCE -I. -Ilib -Ihv $(DEP_CFLAGS)
+LDFLAGS_ALL := $(SANFLAGS) $(LDFLAGS)
+
+ENGINE_DIRS := lib migrate checkpoint netbuf diskrep compare
+ENGINE_SRCS := $(foreach d,$(ENGINE_DIRS),$(wildcard $(d)/*.c))
+ENGINE_OBJS := $(ENGINE_SRCS:%.c=$(B)/%.o)
+HVKVM_SRCS  := $(wildcard hv/kvm/*.c)
+HVKVM_OBJS  := $(HVKVM_SRCS:%.c=$(B)/%.o)
+UNIT_SRCS   := $(wildcard tests/unit/test_*.c)
+UNIT_BINS   := $(UNIT_SRCS:%.c=$(B)/%)
+BENCH_SRCS  := $(wildcard bench/*.c)
+BENCH_BINS  := $(BENCH_SRCS:%.c=$(B)/%)
+
+PROGS := $(B)/ftvm
+
+.PHONY: all guests check bench fuzz format clean distclean unit
+all: $(B)/libft.a $(B)/libhvkvm.a $(PROGS) $(UNIT_BINS) guests
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(B)/libft.a: $(ENGINE_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(B)/libhvkvm.a: $(HVKVM_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(B)/ftvm: $(B)/daemon/ftvm.o $(B)/libhvkvm.a $(B)/libft.a
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(DEP_LIBS)
+
+$(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/libhvkvm.a $(B)/libft.a
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(CMOCKA_LIBS) $(DEP_LIBS)
+
+$(B)/bench/%: $(B)/bench/%.o $(B)/libhvkvm.a $(B)/libft.a
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(DEP_LIBS)
+
+bench: $(BENCH_BINS) guests
+
+# Guests never get sanitizers: they are freestanding.
+guests:
+	$(MAKE) -f guest/guest.mk B=build/guest
+
+# The whole suite on the normal and on the sanitizer build; one summary.
+check:
+	$(MAKE) all
+	$(MAKE) SAN=1 all
+	tests/run build build-san
+
+fuzz:
+	$(MAKE) -f bench/fuzz.mk
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build build-san build-fuzz
+
+distclean: clean
+	rm -f config.mk
+
+-include $(ENGINE_OBJS:.o=.d) $(HVKVM_OBJS:.o=.d) $(UNIT_BINS:=.d) $(B)/daemon/ftvm.d

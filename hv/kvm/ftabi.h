@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ftabi.h - the guest ABI of the built-in micro-VMM (hv/kvm).
+ *
+ * This header is shared by the VMM and by freestanding guests, so it
+ * depends on nothing but C99 <stdint.h>.  docs/guest-abi.md is the
+ * normative description; this file is its machine-readable half.
+ *
+ * A hypercall is one 32-bit port write:
+ *
+ *      outl %eax, %dx      with dx  = FT_HC_PORT_BASE + call number
+ *                               eax = guest-physical address of the call's
+ *                                     argument block (below 4 GiB, aligned
+ *                                     to 8, entirely inside guest RAM)
+ *
+ * The VMM validates the block, performs the call synchronously and writes
+ * the result into the block's `ret` field (0 or a negative FT_E* code).
+ * If the block address itself is unusable (out of RAM, misaligned, crosses
+ * the end of RAM) the VMM cannot write `ret`; it then replaces the guest's
+ * %rax with the (negative) error instead.  A guest therefore checks, after
+ * the `out`, that %rax still holds the address it passed; if it does not,
+ * %rax is the error.
+ *
+ * All structures are little-endian, naturally aligned and have no implicit
+ * padding; reserved fields must be zero and are checked.
+ */
+#ifndef FTABI_H
+#define FTABI_H
+
+#include <stdint.h>
+
+#define FT_ABI_VERSION 1
+
+/* Layout of guest-physical memory fixed by the VMM (see guest-abi.md). */
+#define FT_GPA_BOOTINFO   0x8000ULL   /* struct ft_boot_info, user R/W   */
+#define FT_GPA_CMDLINE    0x9000ULL   /* NUL-terminated, FT_CMDLINE_MAX  */
+#define FT_CMDLINE_MAX    4096
+#define FT_GPA_STACK_LO   0x100000ULL /* guest stack: [LO, TOP)           */
+#define FT_GPA_STACK_TOP  0x200000ULL
+#define FT_GPA_IMAGE_MIN  0x200000ULL /* lowest address an ELF may load  */
+#define FT_GPA_ARG_LIMIT  0x100000000ULL /* argument blocks lie below    */
+
+#define FT_HC_PORT_BASE 0x500
+
+/* Hypercall numbers.  Numbers are never reused; reserved ones answer
+ * FT_ENOSYS until their device exists. */
+enum ft_hc {
+	FT_HC_INVALID       = 0,
+	FT_HC_CONSOLE_WRITE = 1,  /* struct ft_hc_console          */
+	FT_HC_CLOCK_MONO    = 2,  /* struct ft_hc_clock            */
+	FT_HC_CLOCK_WALL    = 3,  /* struct ft_hc_clock            */
+	FT_HC_POLL          = 4,  /* struct ft_hc_poll             */
+	FT_HC_EXIT          = 5,  /* struct ft_hc_exit (no return) */
+	FT_HC_NET_INFO      = 6,  /* reserved: networking issue    */
+	FT_HC_NET_SEND      = 7,  /* reserved: batch send          */
+	FT_HC_NET_RECV      = 8,  /* reserved: batch receive       */
+	FT_HC_BLOCK_INFO    = 9,  /* reserved                      */
+	FT_HC_BLOCK_READ    = 10, /* reserved                      */
+	FT_HC_BLOCK_WRITE   = 11, /* reserved                      */
+	FT_HC_BLOCK_FLUSH   = 12, /* reserved                      */
+	FT_HC_NR            = 16  /* ports BASE..BASE+NR-1 belong to the ABI */
+};
+
+/* Error codes returned in `ret` (negated). */
+enum ft_err {
+	FT_EOK     = 0,
+	FT_EFAULT  = 1,  /* a pointer/length lies outside guest RAM or overflows */
+	FT_EINVAL  = 2,  /* a field is out of range, or a reserved field is set  */
+	FT_ENOSYS  = 3,  /* unknown or not (yet) provided call                  */
+	FT_EAGAIN  = 4,  /* nothing to do now (receive with no frames)          */
+	FT_EIO     = 5,  /* host-side I/O error                                 */
+	FT_E2BIG   = 6,  /* request larger than the call's limit                */
+};
+
+/* Boot information, at FT_GPA_BOOTINFO; its address is also in %rdi at
+ * entry.  The guest may overwrite it; the VMM never reads it back. */
+#define FT_BOOT_MAGIC 0x746f6f6274667466ULL /* "ftftboot" */
+struct ft_boot_info {
+	uint64_t magic;
+	uint32_t abi_version;
+	uint32_t page_size;
+	uint64_t mem_size;     /* bytes of guest RAM, from GPA 0             */
+	uint64_t heap_start;   /* first free byte after the loaded image     */
+	uint64_t heap_end;     /* end of RAM usable as heap (== mem_size)    */
+	uint64_t cmdline;      /* GPA of the command line (FT_GPA_CMDLINE)   */
+	uint64_t cmdline_len;  /* bytes, without the NUL                     */
+	uint64_t reserved[8];
+};
+
+/* FT_HC_CONSOLE_WRITE: write `len` bytes at GPA `buf` to the console.
+ * len <= FT_CONSOLE_MAX. */
+#define FT_CONSOLE_MAX 4096
+struct ft_hc_console {
+	uint64_t buf;
+	uint64_t len;
+	int64_t ret;           /* bytes written, or -FT_E*                    */
+};
+
+/* FT_HC_CLOCK_MONO / FT_HC_CLOCK_WALL.  The monotonic clock counts
+ * nanoseconds since the VM first booted and continues across save,
+ * restore, migration and failover; it never goes backwards.  The wall
+ * clock is nanoseconds since the Unix epoch and is clamped to never go
+ * backwards either. */
+struct ft_hc_clock {
+	uint64_t ns;
+	int64_t ret;
+};
+
+/* FT_HC_POLL: block until an input is ready or the monotonic clock reaches
+ * `deadline_ns`.  `ready` is a bit set of FT_POLL_* (0 at a timeout).
+ * Without devices this is a sleep. */
+#define FT_POLL_NET 0x1ULL
+struct ft_hc_poll {
+	uint64_t deadline_ns;
+	uint64_t ready;
+	int64_t ret;
+};
+
+/* FT_HC_EXIT: stop the VM; `status` is reported by the VMM. */
+struct ft_hc_exit {
+	int64_t status;
+	int64_t ret;           /* never written: the call does not return    */
+};
+
+#endif /* FTABI_H */

@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvm_priv.h - internals shared by the hv/kvm source files only.
+ */
+#ifndef KVM_PRIV_H
+#define KVM_PRIV_H
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ftabi.h"
+#include "kvm.h"
+
+/* Guest-physical layout of the VMM's system area (supervisor-only pages);
+ * docs/guest-abi.md describes it. */
+#define SYS_GDT        0x1000ULL
+#define SYS_IDT        0x2000ULL
+#define SYS_STUBS      0x3000ULL
+#define SYS_PML4       0x4000ULL
+#define SYS_PDPT       0x5000ULL
+#define SYS_PT0        0x6000ULL /* 4 KiB mappings of the first 2 MiB */
+#define SYS_TSS        0xa000ULL /* TSS + I/O bitmap, 3 pages */
+#define SYS_XSTACK_TOP 0x10000ULL /* exception stack [0xd000, 0x10000) */
+#define SYS_XSTACK_LO  0xd000ULL
+#define SYS_PD         0x10000ULL /* one page per GiB of RAM */
+#define SYS_PD_END     (SYS_PD + (KVM_MEM_MAX >> 30) * 0x1000ULL)
+
+#define SEL_KCODE 0x08
+#define SEL_KDATA 0x10
+#define SEL_UDATA 0x1b
+#define SEL_UCODE 0x23
+#define SEL_TSS   0x28
+#define TSS_IOMAP 104
+#define TSS_LIMIT (TSS_IOMAP + 8192) /* last byte: the 0xff terminator */
+
+/* Device state kept by the VMM itself. */
+struct kvm_clock {
+	int64_t offset_ns;  /* guest monotonic = host CLOCK_MONOTONIC - offset */
+	uint64_t last_wall; /* wall clock never goes backwards */
+};
+
+struct hv_domain {
+	int kvm_fd, vm_fd, vcpu_fd;
+	struct kvm_run *run;
+	size_t run_size;
+	uint8_t *mem;
+	uint64_t mem_size;
+	struct kvm_cfg cfg;
+
+	pthread_t thread;
+	bool thread_started;
+	int wake_fd;  /* eventfd: interrupts a blocking poll hypercall */
+	int event_fd; /* eventfd: tells the owner the run state changed */
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	unsigned pause_count;        /* lock */
+	bool parked;                 /* lock: vCPU thread is outside KVM_RUN */
+	bool io_pending;             /* vCPU thread only: exit not completed */
+	bool quit;                   /* lock */
+	enum hv_run_state state;     /* lock */
+	int64_t exit_status;         /* lock */
+	char reason[512];            /* lock */
+	atomic_uint_fast64_t exits, hypercalls;
+
+	struct kvm_clock clock;      /* vCPU thread, or lock holder when paused */
+	bool dirty_on;
+	uint64_t *dirty_buf;         /* scratch bitmap for KVM_GET_DIRTY_LOG */
+};
+
+/* kvm_vm.c */
+void kvm_set_state(struct hv_domain *d, enum hv_run_state st, int64_t status,
+		   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+uint64_t kvm_host_ns(int clock_id);
+
+/* kvm_hc.c: handle one KVM_EXIT_IO; returns false if the vCPU must stop. */
+bool kvm_hc_io(struct hv_domain *d);
+uint64_t kvm_clock_mono(struct hv_domain *d);
+
+/* kvm_cpu.c */
+int kvm_cpu_init(struct hv_domain *d);
+int kvm_cpu_save(struct hv_domain *d, struct hv_vcpu_state *st);
+int kvm_cpu_load(struct hv_domain *d, const struct hv_vcpu_state *st);
+void kvm_cpu_crash_report(struct hv_domain *d, const char *what);
+int kvm_cpu_set_rax(struct hv_domain *d, uint64_t rax);
+
+#endif /* KVM_PRIV_H */

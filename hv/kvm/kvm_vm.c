@@ -1,0 +1,570 @@
+// SPDX-License-Identifier: MIT
+/*
+ * kvm_vm.c - domain lifecycle, the vCPU thread, pause/unpause, dirty
+ * logging, frame mapping and device state for the built-in micro-VMM.
+ *
+ * Pausing: pause() raises pause_count, wakes a blocking poll hypercall and
+ * kicks the vCPU thread with SIGUSR1, whose handler sets immediate_exit so
+ * that KVM_RUN returns at once (even if the signal lands just before
+ * KVM_RUN is entered).  The vCPU thread then completes any pending port
+ * I/O with one more immediate-exit KVM_RUN, so the saved state is always
+ * consistent (rip after the `out`), and parks until unpause().
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kvm_priv.h"
+#include "log.h"
+
+#define KICK_SIGNAL SIGUSR1
+
+static __thread struct kvm_run *this_run;
+
+static void kick_handler(int sig)
+{
+	(void)sig;
+	if (this_run)
+		this_run->immediate_exit = 1;
+}
+
+void kvm_set_state(struct hv_domain *d, enum hv_run_state st, int64_t status,
+		   const char *fmt, ...)
+{
+	uint64_t one = 1;
+	va_list ap;
+
+	pthread_mutex_lock(&d->lock);
+	d->state = st;
+	d->exit_status = status;
+	va_start(ap, fmt);
+	vsnprintf(d->reason, sizeof(d->reason), fmt, ap);
+	va_end(ap);
+	pthread_cond_broadcast(&d->cond);
+	pthread_mutex_unlock(&d->lock);
+	if (write(d->event_fd, &one, sizeof(one)) < 0)
+		log_warn("event notification lost: %s", strerror(errno));
+}
+
+int kvm_probe(void)
+{
+	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	int v;
+
+	if (fd < 0) {
+		log_err("/dev/kvm: %s", strerror(errno));
+		return -errno;
+	}
+	v = ioctl(fd, KVM_GET_API_VERSION, 0);
+	close(fd);
+	if (v != KVM_API_VERSION) {
+		log_err("/dev/kvm: API version %d, need %d", v,
+			KVM_API_VERSION);
+		return -ENOTSUP;
+	}
+	return 0;
+}
+
+/* Returns false when the vCPU must stop for good. */
+static bool handle_exit(struct hv_domain *d)
+{
+	struct kvm_run *run = d->run;
+
+	atomic_fetch_add(&d->exits, 1);
+	switch (run->exit_reason) {
+	case KVM_EXIT_IO:
+		d->io_pending = true;
+		return kvm_hc_io(d);
+	case KVM_EXIT_HLT:
+		kvm_cpu_crash_report(d, "guest crashed");
+		return false;
+	case KVM_EXIT_SHUTDOWN:
+		kvm_cpu_crash_report(d, "guest crashed: triple fault");
+		return false;
+	case KVM_EXIT_MMIO:
+		kvm_cpu_crash_report(d, "guest crashed: access outside RAM");
+		return false;
+	case KVM_EXIT_FAIL_ENTRY:
+		kvm_cpu_crash_report(d, "vCPU entry failed");
+		return false;
+	case KVM_EXIT_INTERNAL_ERROR:
+		kvm_cpu_crash_report(d, "KVM internal error");
+		return false;
+	case KVM_EXIT_INTR:
+		return true;
+	default: {
+		char what[64];
+
+		snprintf(what, sizeof(what), "unexpected KVM exit %u",
+			 run->exit_reason);
+		kvm_cpu_crash_report(d, what);
+		return false;
+	}
+	}
+}
+
+/* Finish a pending port I/O without running guest code. */
+static int complete_io(struct hv_domain *d)
+{
+	if (!d->io_pending)
+		return 0;
+	d->run->immediate_exit = 1;
+	if (ioctl(d->vcpu_fd, KVM_RUN, 0) < 0 && errno != EINTR) {
+		log_err("completing port I/O: %s", strerror(errno));
+		return -errno;
+	}
+	d->io_pending = false;
+	return 0;
+}
+
+static void *vcpu_thread(void *arg)
+{
+	struct hv_domain *d = arg;
+	sigset_t set;
+
+	this_run = d->run;
+	sigemptyset(&set);
+	sigaddset(&set, KICK_SIGNAL);
+	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+
+	for (;;) {
+		pthread_mutex_lock(&d->lock);
+		if (d->pause_count || d->quit) {
+			pthread_mutex_unlock(&d->lock);
+			if (complete_io(d) < 0) {
+				kvm_set_state(d, HV_STATE_CRASHED, 0,
+					      "cannot complete port I/O");
+				break;
+			}
+			pthread_mutex_lock(&d->lock);
+			d->parked = true;
+			if (d->state == HV_STATE_RUNNING)
+				d->state = HV_STATE_PAUSED;
+			pthread_cond_broadcast(&d->cond);
+			while (d->pause_count && !d->quit)
+				pthread_cond_wait(&d->cond, &d->lock);
+			d->parked = false;
+			if (d->quit) {
+				pthread_mutex_unlock(&d->lock);
+				break;
+			}
+		}
+		/* Also covers an unpause that came before the first park. */
+		d->state = HV_STATE_RUNNING;
+		pthread_mutex_unlock(&d->lock);
+
+		d->run->immediate_exit = 0;
+		/* A kick that raced with the check above set immediate_exit
+		 * already or lands inside KVM_RUN: either way KVM_RUN returns
+		 * EINTR and we loop back to the check. */
+		if (ioctl(d->vcpu_fd, KVM_RUN, 0) < 0) {
+			/* KVM completed any pending I/O before it looked at
+			 * immediate_exit or the signal. */
+			d->io_pending = false;
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			kvm_set_state(d, HV_STATE_CRASHED, 0, "KVM_RUN: %s",
+				      strerror(errno));
+			break;
+		}
+		d->io_pending = false;
+		if (!handle_exit(d))
+			break;
+	}
+	pthread_mutex_lock(&d->lock);
+	d->parked = true;
+	pthread_cond_broadcast(&d->cond);
+	pthread_mutex_unlock(&d->lock);
+	return NULL;
+}
+
+static void kvm_destroy(struct hv_domain *d)
+{
+	if (d->thread_started) {
+		pthread_mutex_lock(&d->lock);
+		d->quit = true;
+		pthread_cond_broadcast(&d->cond);
+		pthread_mutex_unlock(&d->lock);
+		pthread_kill(d->thread, KICK_SIGNAL);
+		if (d->wake_fd >= 0 &&
+		    write(d->wake_fd, &(uint64_t){ 1 }, 8) < 0)
+			log_warn("wake: %s", strerror(errno));
+		pthread_join(d->thread, NULL);
+	}
+	if (d->run)
+		munmap(d->run, d->run_size);
+	if (d->mem)
+		munmap(d->mem, d->mem_size);
+	if (d->vcpu_fd >= 0)
+		close(d->vcpu_fd);
+	if (d->vm_fd >= 0)
+		close(d->vm_fd);
+	if (d->kvm_fd >= 0)
+		close(d->kvm_fd);
+	if (d->wake_fd >= 0)
+		close(d->wake_fd);
+	if (d->event_fd >= 0)
+		close(d->event_fd);
+	free(d->dirty_buf);
+	pthread_mutex_destroy(&d->lock);
+	pthread_cond_destroy(&d->cond);
+	free(d);
+}
+
+static int kvm_create(const struct hv_dom_info *info, const void *cfg,
+		      struct hv_domain **out)
+{
+	const struct kvm_cfg *kc = cfg;
+	struct kvm_userspace_memory_region slot = { 0 };
+	struct sigaction sa = { .sa_handler = kick_handler };
+	struct hv_domain *d;
+	sigset_t set, old;
+	int err, mmap_size;
+
+	if (info->page_size != HV_PAGE_SIZE || info->nr_vcpus != 1) {
+		log_err("kvm: unsupported domain shape: page size %u, %u vCPUs "
+			"(this VMM runs 4096-byte pages and one vCPU)",
+			info->page_size, info->nr_vcpus);
+		return -EINVAL;
+	}
+	if (info->mem_size < KVM_MEM_MIN || info->mem_size > KVM_MEM_MAX ||
+	    info->mem_size % KVM_MEM_ALIGN) {
+		log_err("kvm: guest RAM of %llu bytes: must be %llu MiB..%llu "
+			"GiB in multiples of 2 MiB",
+			(unsigned long long)info->mem_size, KVM_MEM_MIN >> 20,
+			KVM_MEM_MAX >> 30);
+		return -EINVAL;
+	}
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->kvm_fd = d->vm_fd = d->vcpu_fd = d->wake_fd = d->event_fd = -1;
+	d->cfg.console_fd = kc ? kc->console_fd : -1;
+	d->mem_size = info->mem_size;
+	d->pause_count = 1; /* created paused */
+	d->state = HV_STATE_PAUSED;
+	pthread_mutex_init(&d->lock, NULL);
+	pthread_cond_init(&d->cond, NULL);
+	/* Guest monotonic time starts at 0 now. */
+	d->clock.offset_ns = (int64_t)kvm_host_ns(CLOCK_MONOTONIC);
+
+	err = -errno;
+	d->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (d->kvm_fd < 0) {
+		err = -errno;
+		log_err("/dev/kvm: %s", strerror(errno));
+		goto fail;
+	}
+	d->vm_fd = ioctl(d->kvm_fd, KVM_CREATE_VM, 0);
+	if (d->vm_fd < 0) {
+		err = -errno;
+		log_err("KVM_CREATE_VM: %s", strerror(errno));
+		goto fail;
+	}
+	d->mem = mmap(NULL, d->mem_size, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (d->mem == MAP_FAILED) {
+		d->mem = NULL;
+		err = -errno;
+		log_err("guest RAM of %llu MiB: %s",
+			(unsigned long long)(d->mem_size >> 20),
+			strerror(errno));
+		goto fail;
+	}
+	madvise(d->mem, d->mem_size, MADV_HUGEPAGE);
+	slot.memory_size = d->mem_size;
+	slot.userspace_addr = (uint64_t)(uintptr_t)d->mem;
+	if (ioctl(d->vm_fd, KVM_SET_USER_MEMORY_REGION, &slot) < 0) {
+		err = -errno;
+		log_err("KVM_SET_USER_MEMORY_REGION: %s", strerror(errno));
+		goto fail;
+	}
+	d->vcpu_fd = ioctl(d->vm_fd, KVM_CREATE_VCPU, 0);
+	mmap_size = ioctl(d->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+	if (d->vcpu_fd < 0 || mmap_size < (int)sizeof(struct kvm_run)) {
+		err = -errno;
+		log_err("KVM_CREATE_VCPU: %s", strerror(errno));
+		goto fail;
+	}
+	d->run_size = (size_t)mmap_size;
+	d->run = mmap(NULL, d->run_size, PROT_READ | PROT_WRITE, MAP_SHARED,
+		      d->vcpu_fd, 0);
+	if (d->run == MAP_FAILED) {
+		d->run = NULL;
+		err = -errno;
+		goto fail;
+	}
+	err = kvm_cpu_init(d);
+	if (err)
+		goto fail;
+	d->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	d->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (d->wake_fd < 0 || d->event_fd < 0) {
+		err = -errno;
+		goto fail;
+	}
+
+	/* The vCPU thread starts with the kick signal blocked and unblocks
+	 * it itself once this_run is set. */
+	sigaction(KICK_SIGNAL, &sa, NULL);
+	sigemptyset(&set);
+	sigaddset(&set, KICK_SIGNAL);
+	pthread_sigmask(SIG_BLOCK, &set, &old);
+	err = -pthread_create(&d->thread, NULL, vcpu_thread, d);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err)
+		goto fail;
+	d->thread_started = true;
+	*out = d;
+	return 0;
+fail:
+	kvm_destroy(d);
+	return err ? err : -EIO;
+}
+
+static int kvm_info(struct hv_domain *d, struct hv_dom_info *info)
+{
+	*info = (struct hv_dom_info){ .mem_size = d->mem_size,
+				      .nr_vcpus = 1,
+				      .page_size = HV_PAGE_SIZE };
+	return 0;
+}
+
+static int kvm_pause(struct hv_domain *d)
+{
+	pthread_mutex_lock(&d->lock);
+	if (d->pause_count++ == 0) {
+		pthread_kill(d->thread, KICK_SIGNAL);
+		if (write(d->wake_fd, &(uint64_t){ 1 }, 8) < 0)
+			log_warn("wake: %s", strerror(errno));
+	}
+	while (!d->parked)
+		pthread_cond_wait(&d->cond, &d->lock);
+	pthread_mutex_unlock(&d->lock);
+	return 0;
+}
+
+static int kvm_unpause(struct hv_domain *d)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&d->lock);
+	if (!d->pause_count) {
+		log_err("unpause without pause");
+		err = -EINVAL;
+	} else if (--d->pause_count == 0) {
+		pthread_cond_broadcast(&d->cond);
+	}
+	pthread_mutex_unlock(&d->lock);
+	return err;
+}
+
+static int kvm_status(struct hv_domain *d, struct hv_status *st)
+{
+	pthread_mutex_lock(&d->lock);
+	st->state = d->state;
+	st->exit_status = d->exit_status;
+	memcpy(st->reason, d->reason, sizeof(st->reason));
+	pthread_mutex_unlock(&d->lock);
+	st->exits = atomic_load(&d->exits);
+	st->hypercalls = atomic_load(&d->hypercalls);
+	return 0;
+}
+
+static int kvm_event_fd(struct hv_domain *d)
+{
+	return d->event_fd;
+}
+
+static int kvm_dirty_log(struct hv_domain *d, bool on)
+{
+	struct kvm_userspace_memory_region slot = {
+		.flags = on ? KVM_MEM_LOG_DIRTY_PAGES : 0,
+		.memory_size = d->mem_size,
+		.userspace_addr = (uint64_t)(uintptr_t)d->mem,
+	};
+	uint64_t words = (d->mem_size / HV_PAGE_SIZE + 63) / 64;
+
+	if (on && !d->dirty_buf) {
+		d->dirty_buf = calloc(words, sizeof(uint64_t));
+		if (!d->dirty_buf)
+			return -ENOMEM;
+	}
+	if (ioctl(d->vm_fd, KVM_SET_USER_MEMORY_REGION, &slot) < 0) {
+		log_err("dirty logging %s: %s", on ? "on" : "off",
+			strerror(errno));
+		return -errno;
+	}
+	d->dirty_on = on;
+	return 0;
+}
+
+static int kvm_dirty_fetch(struct hv_domain *d, uint64_t *bitmap,
+			   uint64_t nr_pfns)
+{
+	struct kvm_dirty_log log = { .slot = 0 };
+	uint64_t words = (d->mem_size / HV_PAGE_SIZE + 63) / 64, i;
+
+	if (!d->dirty_on) {
+		log_err("dirty_fetch with dirty logging off");
+		return -EINVAL;
+	}
+	if (nr_pfns < d->mem_size / HV_PAGE_SIZE) {
+		log_err("dirty_fetch: bitmap of %llu bits for %llu pages",
+			(unsigned long long)nr_pfns,
+			(unsigned long long)(d->mem_size / HV_PAGE_SIZE));
+		return -EINVAL;
+	}
+	log.dirty_bitmap = d->dirty_buf;
+	if (ioctl(d->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0) {
+		log_err("KVM_GET_DIRTY_LOG: %s", strerror(errno));
+		return -errno;
+	}
+	for (i = 0; i < words; i++)
+		bitmap[i] |= d->dirty_buf[i];
+	return 0;
+}
+
+static int kvm_map(struct hv_domain *d, const uint64_t *pfns, unsigned n,
+		   void **ptrs)
+{
+	uint64_t max = d->mem_size / HV_PAGE_SIZE;
+	unsigned i;
+
+	for (i = 0; i < n; i++) {
+		if (pfns[i] >= max) {
+			log_err("map: frame 0x%llx beyond guest RAM (%llu "
+				"frames)", (unsigned long long)pfns[i],
+				(unsigned long long)max);
+			return -EINVAL;
+		}
+	}
+	for (i = 0; i < n; i++)
+		ptrs[i] = d->mem + pfns[i] * HV_PAGE_SIZE;
+	return 0;
+}
+
+static void kvm_unmap(struct hv_domain *d, void **ptrs, unsigned n)
+{
+	/* Guest RAM is mapped for the domain's lifetime. */
+}
+
+static int kvm_vcpu_save(struct hv_domain *d, unsigned id,
+			 struct hv_vcpu_state *st)
+{
+	if (id != 0)
+		return -EINVAL;
+	return kvm_cpu_save(d, st);
+}
+
+static int kvm_vcpu_load(struct hv_domain *d, unsigned id,
+			 const struct hv_vcpu_state *st)
+{
+	if (id != 0) {
+		log_err("vcpu load: vCPU %u does not exist", id);
+		return -EINVAL;
+	}
+	return kvm_cpu_load(d, st);
+}
+
+/* Clock device blob, version 1: the guest's monotonic time and the host's
+ * wall time when it was taken, and the last wall time the guest saw. */
+struct clock_blob {
+	uint64_t guest_mono_ns;
+	uint64_t host_wall_ns;
+	uint64_t last_wall_ns;
+};
+
+static int kvm_dev_save(struct hv_domain *d, hv_dev_cb cb, void *ctx)
+{
+	struct clock_blob cl = {
+		.guest_mono_ns = kvm_clock_mono(d),
+		.host_wall_ns = kvm_host_ns(CLOCK_REALTIME),
+		.last_wall_ns = d->clock.last_wall,
+	};
+	struct hv_dev_rec rec = { .type = HV_DEV_CLOCK, .instance = 0,
+				  .version = 1, .len = sizeof(cl),
+				  .data = &cl };
+
+	return cb(ctx, &rec);
+}
+
+/*
+ * Restoring the clock: guest time resumes at the saved value plus the
+ * wall-clock time that passed since the save (never less than the saved
+ * value, so it never goes backwards even if the host clocks disagree).
+ */
+static int kvm_dev_load(struct hv_domain *d, const struct hv_dev_rec *rec)
+{
+	struct clock_blob cl;
+	uint64_t now_wall, elapsed, mono;
+
+	if (rec->type != HV_DEV_CLOCK || rec->instance != 0) {
+		log_err("device load: no device of type %u instance %u on "
+			"this VMM", rec->type, rec->instance);
+		return -EINVAL;
+	}
+	if (rec->version != 1 || rec->len != sizeof(cl)) {
+		log_err("device load: clock state version %u, %u bytes; "
+			"expected version 1, %zu bytes",
+			rec->version, rec->len, sizeof(cl));
+		return -EINVAL;
+	}
+	memcpy(&cl, rec->data, sizeof(cl));
+	now_wall = kvm_host_ns(CLOCK_REALTIME);
+	elapsed = now_wall > cl.host_wall_ns ? now_wall - cl.host_wall_ns : 0;
+	mono = cl.guest_mono_ns + elapsed;
+	d->clock.offset_ns = (int64_t)kvm_host_ns(CLOCK_MONOTONIC) -
+			     (int64_t)mono;
+	d->clock.last_wall = cl.last_wall_ns;
+	return 0;
+}
+
+int kvm_dump_ram(struct hv_domain *d, int fd)
+{
+	uint64_t off = 0;
+	ssize_t n;
+
+	while (off < d->mem_size) {
+		size_t chunk = d->mem_size - off > (64 << 20)
+				       ? (64 << 20)
+				       : (size_t)(d->mem_size - off);
+
+		n = write(fd, d->mem + off, chunk);
+		if (n <= 0) {
+			log_err("RAM dump: %s", n < 0 ? strerror(errno)
+						      : "short write");
+			return n < 0 ? -errno : -EIO;
+		}
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+const struct hv_ops kvm_hv_ops = {
+	.name = "kvm",
+	.info = kvm_info,
+	.create = kvm_create,
+	.destroy = kvm_destroy,
+	.pause = kvm_pause,
+	.unpause = kvm_unpause,
+	.dirty_log = kvm_dirty_log,
+	.dirty_fetch = kvm_dirty_fetch,
+	.map = kvm_map,
+	.unmap = kvm_unmap,
+	.vcpu_save = kvm_vcpu_save,
+	.vcpu_load = kvm_vcpu_load,
+	.dev_save = kvm_dev_save,
+	.status = kvm_status,
+	.event_fd = kvm_event_fd,
+	.dev_load = kvm_dev_load,
+};

@@ -1,0 +1,924 @@
+// SPDX-License-Identifier: MIT
+/*
+ * stream.c - the stream writer and reader (docs/stream-format.md).
+ *
+ * Wire structs are copied to and from the byte stream with memcpy: the
+ * host is little-endian (asserted below) and the structs have no padding
+ * (their sizes are pinned in stream_wire.h).
+ */
+#include "stream.h"
+
+#include <errno.h>
+#include <lz4.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "log.h"
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+	       "the stream code assumes a little-endian host");
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Bytes of padding after a body of `len` bytes. */
+static size_t pad8(size_t len)
+{
+	return (8 - len % 8) % 8;
+}
+
+static const unsigned char zero_page[FT_PAGE_SIZE]
+	__attribute__((aligned(64)));
+
+/*
+ * Record types by number (type without REC_F_OPTIONAL), with the body
+ * bounds the reader enforces before it allocates.
+ */
+static const struct rec_info {
+	uint32_t type; /* as allocated, optional bit included */
+	const char *name;
+	uint32_t min, max;
+	bool reserved;
+} rec_table[] = {
+	{ REC_END, "END", 0, 0, false },
+	{ REC_DOMAIN, "DOMAIN", sizeof(struct ft_rec_domain),
+	  sizeof(struct ft_rec_domain), false },
+	{ REC_PAGE_BATCH, "PAGE_BATCH",
+	  sizeof(struct ft_rec_page_batch) + sizeof(struct ft_page_desc),
+	  FT_REC_BODY_MAX, false },
+	{ REC_VCPU_X86, "VCPU_X86", sizeof(struct ft_rec_vcpu_x86),
+	  sizeof(struct ft_rec_vcpu_x86) + FT_XSAVE_MAX, false },
+	{ REC_DEVICE, "DEVICE", sizeof(struct ft_rec_device),
+	  sizeof(struct ft_rec_device) + FT_DEVICE_BLOB_MAX, false },
+	{ REC_CKPT_BEGIN, "CKPT_BEGIN", 0, FT_REC_BODY_MAX, true },
+	{ REC_CKPT_END, "CKPT_END", 0, FT_REC_BODY_MAX, true },
+	{ REC_DISK_WRITE, "DISK_WRITE", 0, FT_REC_BODY_MAX, true },
+	{ REC_NOTE, "NOTE", 0, FT_NOTE_MAX, false },
+};
+
+/* The table entry for type's number, or NULL if the number is unknown. */
+static const struct rec_info *rec_lookup(uint32_t type)
+{
+	uint32_t num = type & ~REC_F_OPTIONAL;
+
+	return num < ARRAY_SIZE(rec_table) ? &rec_table[num] : NULL;
+}
+
+const char *stream_rec_name(uint32_t type)
+{
+	const struct rec_info *ri = rec_lookup(type);
+
+	return ri && ri->type == type ? ri->name : "UNKNOWN";
+}
+
+/* ---- writer ---- */
+
+/*
+ * Pages per PAGE_BATCH the writer emits.  A full batch (4 MiB) still fits
+ * the L2 cache of current x86 cores, so the copy and the checksum pass
+ * over it stay in cache; see bench/bench_stream.c.
+ */
+#define WRITE_BATCH 1024
+/* Keep an LZ4 page only if it is at most this long. */
+#define LZ4_KEEP_MAX (FT_PAGE_SIZE * 3 / 4)
+/* Largest framed PAGE_BATCH record the writer builds. */
+#define BATCH_BUF_SIZE                                                         \
+	(sizeof(struct ft_rec_hdr) + sizeof(struct ft_rec_page_batch) +        \
+	 WRITE_BATCH * (sizeof(struct ft_page_desc) + FT_PAGE_SIZE) + 7 + 8)
+#define RECORDV_IOV_MAX 16
+_Static_assert(RECORDV_IOV_MAX + 2 <= CHAN_IOV_MAX, "iovec budget");
+
+int stream_writer_init(struct stream_writer *w, struct chan *c,
+		       uint32_t flags, enum stream_compress comp)
+{
+	memset(w, 0, sizeof(*w));
+	if (flags & ~FT_STREAM_F_KNOWN) {
+		log_err("stream writer: unknown header flags %#x", flags);
+		return -EINVAL;
+	}
+	if (comp != STREAM_COMP_NONE && comp != STREAM_COMP_LZ4) {
+		log_err("stream writer: unknown compression %d", (int)comp);
+		return -EINVAL;
+	}
+	w->chan = c;
+	w->flags = flags;
+	w->comp = comp;
+	w->xs = XXH64_createState();
+	w->batch = malloc(BATCH_BUF_SIZE);
+	if (comp == STREAM_COMP_LZ4)
+		w->lz4 = malloc((size_t)LZ4_sizeofState());
+	if (!w->xs || !w->batch || (comp == STREAM_COMP_LZ4 && !w->lz4)) {
+		stream_writer_fini(w);
+		log_err("stream writer: out of memory");
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+void stream_writer_fini(struct stream_writer *w)
+{
+	XXH64_freeState(w->xs);
+	free(w->lz4);
+	free(w->batch);
+	memset(w, 0, sizeof(*w));
+}
+
+int stream_write_header(struct stream_writer *w)
+{
+	struct ft_stream_hdr h = {
+		.magic = FT_STREAM_MAGIC,
+		.version_major = FT_STREAM_VERSION_MAJOR,
+		.version_minor = FT_STREAM_VERSION_MINOR,
+		.page_shift = FT_PAGE_SHIFT,
+		.flags = w->flags,
+	};
+	int err;
+
+	if (w->state != SW_NEW) {
+		log_err("stream writer: header written twice");
+		return -EINVAL;
+	}
+	h.checksum = XXH64(&h, offsetof(struct ft_stream_hdr, checksum), 0);
+	err = chan_write(w->chan, &h, sizeof(h));
+	if (err)
+		return err;
+	w->state = SW_OPEN;
+	w->stats.bytes += sizeof(h);
+	return 0;
+}
+
+/* Refuse a record the writer's state does not allow. */
+static int check_open(const struct stream_writer *w, uint32_t type)
+{
+	if (w->state == SW_OPEN)
+		return 0;
+	log_err("stream writer: %s record %s", stream_rec_name(type),
+		w->state == SW_NEW ? "before the header" : "after END");
+	return -EINVAL;
+}
+
+int stream_write_recordv(struct stream_writer *w, uint32_t type,
+			 const struct iovec *iov, int n)
+{
+	struct iovec v[RECORDV_IOV_MAX + 2];
+	struct ft_rec_hdr h = { .type = type };
+	unsigned char tail[16] = { 0 }; /* padding, then checksum */
+	size_t len = 0, pad;
+	uint64_t sum;
+	int err;
+
+	err = check_open(w, type);
+	if (err)
+		return err;
+	if (n < 0 || n > RECORDV_IOV_MAX) {
+		log_err("stream writer: %s record from %d iovecs (max %d)",
+			stream_rec_name(type), n, RECORDV_IOV_MAX);
+		return -EINVAL;
+	}
+	for (int i = 0; i < n; i++)
+		len += iov[i].iov_len;
+	if (len > FT_REC_BODY_MAX) {
+		log_err("stream writer: %s record of %zu bytes exceeds the "
+			"limit %zu", stream_rec_name(type), len,
+			(size_t)FT_REC_BODY_MAX);
+		return -E2BIG;
+	}
+	h.length = (uint32_t)len;
+	pad = pad8(len);
+
+	XXH64_reset(w->xs, 0);
+	XXH64_update(w->xs, &h, sizeof(h));
+	for (int i = 0; i < n; i++)
+		XXH64_update(w->xs, iov[i].iov_base, iov[i].iov_len);
+	XXH64_update(w->xs, tail, pad);
+	sum = XXH64_digest(w->xs);
+	memcpy(tail + pad, &sum, sizeof(sum));
+
+	v[0] = (struct iovec){ .iov_base = &h, .iov_len = sizeof(h) };
+	memcpy(v + 1, iov, (size_t)n * sizeof(*iov));
+	v[n + 1] = (struct iovec){ .iov_base = tail, .iov_len = pad + 8 };
+	err = chan_writev(w->chan, v, n + 2);
+	if (err)
+		return err;
+	w->stats.records++;
+	w->stats.bytes += sizeof(h) + len + pad + 8;
+	if (type == REC_END)
+		w->state = SW_ENDED;
+	return 0;
+}
+
+int stream_write_record(struct stream_writer *w, uint32_t type,
+			const void *body, uint32_t len)
+{
+	struct iovec iov = { .iov_base = (void *)body, .iov_len = len };
+
+	return stream_write_recordv(w, type, &iov, 1);
+}
+
+int stream_write_domain(struct stream_writer *w, uint64_t mem_size,
+			uint32_t nr_vcpus)
+{
+	struct ft_rec_domain d = {
+		.mem_size = mem_size,
+		.nr_vcpus = nr_vcpus,
+		.page_size = FT_PAGE_SIZE,
+	};
+
+	if (!mem_size || mem_size % FT_PAGE_SIZE ||
+	    mem_size > FT_MEM_SIZE_MAX || !nr_vcpus ||
+	    nr_vcpus > FT_MAX_VCPUS) {
+		log_err("stream writer: domain of %llu bytes and %u vCPUs is "
+			"not representable (page multiple up to %llu bytes, "
+			"1..%u vCPUs)", (unsigned long long)mem_size,
+			nr_vcpus, FT_MEM_SIZE_MAX, FT_MAX_VCPUS);
+		return -EINVAL;
+	}
+	return stream_write_record(w, REC_DOMAIN, &d, sizeof(d));
+}
+
+/*
+ * True if the page is all zero.  Most non-zero pages differ in their
+ * first bytes; a zero page is scanned with glibc's vectorised memcmp
+ * against itself shifted by 8 bytes (equal, and the first 8 bytes zero,
+ * means every byte is zero).
+ */
+static bool page_is_zero(const void *page)
+{
+	const unsigned char *p = page;
+	uint64_t head;
+
+	memcpy(&head, p, sizeof(head));
+	return !head && !memcmp(p, p + 8, FT_PAGE_SIZE - 8);
+}
+
+/* Frame and write one PAGE_BATCH of n <= WRITE_BATCH pages. */
+static int write_batch(struct stream_writer *w, const uint64_t *pfns,
+		       void *const *pages, unsigned n)
+{
+	unsigned char *rec = w->batch;
+	unsigned char *descs = rec + sizeof(struct ft_rec_hdr) +
+			       sizeof(struct ft_rec_page_batch);
+	unsigned char *data = descs + (size_t)n * sizeof(struct ft_page_desc);
+	unsigned char *p = data;
+	struct ft_rec_page_batch bh = { .count = n };
+	struct ft_rec_hdr h = { .type = REC_PAGE_BATCH };
+	struct stream_stats st = w->stats;
+	uint64_t sum;
+	size_t len, pad;
+	int err;
+
+	for (unsigned i = 0; i < n; i++) {
+		struct ft_page_desc d = { .pfn = pfns[i] };
+		int clen = 0;
+
+		if (page_is_zero(pages[i])) {
+			d.enc = FT_PAGE_ZERO;
+			st.pages_zero++;
+		} else if (w->comp == STREAM_COMP_LZ4 &&
+			   (clen = LZ4_compress_fast_extState(
+				    w->lz4, pages[i], (char *)p, FT_PAGE_SIZE,
+				    LZ4_KEEP_MAX, 1)) > 0) {
+			d.enc = FT_PAGE_LZ4;
+			d.len = (uint32_t)clen;
+			st.pages_lz4++;
+		} else {
+			memcpy(p, pages[i], FT_PAGE_SIZE);
+			d.enc = FT_PAGE_RAW;
+			d.len = FT_PAGE_SIZE;
+			st.pages_raw++;
+		}
+		p += d.len;
+		memcpy(descs + (size_t)i * sizeof(d), &d, sizeof(d));
+	}
+	len = (size_t)(p - rec) - sizeof(h);
+	pad = pad8(len);
+	memset(p, 0, pad);
+	p += pad;
+	h.length = (uint32_t)len;
+	memcpy(rec, &h, sizeof(h));
+	memcpy(rec + sizeof(h), &bh, sizeof(bh));
+	sum = XXH64(rec, (size_t)(p - rec), 0);
+	memcpy(p, &sum, sizeof(sum));
+	p += sizeof(sum);
+
+	err = chan_write(w->chan, rec, (size_t)(p - rec));
+	if (err)
+		return err;
+	st.records++;
+	st.bytes += (uint64_t)(p - rec);
+	w->stats = st;
+	return 0;
+}
+
+int stream_write_pages(struct stream_writer *w, const uint64_t *pfns,
+		       void *const *pages, unsigned n)
+{
+	int err = check_open(w, REC_PAGE_BATCH);
+
+	while (!err && n) {
+		unsigned k = n < WRITE_BATCH ? n : WRITE_BATCH;
+
+		err = write_batch(w, pfns, pages, k);
+		pfns += k;
+		pages += k;
+		n -= k;
+	}
+	return err;
+}
+
+int stream_write_end(struct stream_writer *w)
+{
+	int err = stream_write_record(w, REC_END, NULL, 0);
+
+	return err ? err : chan_flush(w->chan, false);
+}
+
+/* ---- reader ---- */
+
+/* Initial record buffer; it grows to the largest record seen. */
+#define READ_BUF_INIT (64u << 10)
+
+int stream_reader_init(struct stream_reader *r, struct chan *c)
+{
+	memset(r, 0, sizeof(*r));
+	r->chan = c;
+	r->buf = malloc(READ_BUF_INIT);
+	r->page = malloc(FT_PAGE_SIZE);
+	if (!r->buf || !r->page) {
+		stream_reader_fini(r);
+		log_err("stream reader: out of memory");
+		return -ENOMEM;
+	}
+	r->buf_size = READ_BUF_INIT;
+	return 0;
+}
+
+void stream_reader_fini(struct stream_reader *r)
+{
+	free(r->buf);
+	free(r->page);
+	memset(r, 0, sizeof(*r));
+}
+
+const char *stream_reader_error(const struct stream_reader *r)
+{
+	return r->msg;
+}
+
+/* Fail `r` with err and "<where>: <fmt...>"; log it once. */
+static int vfail(struct stream_reader *r, int err, const char *where,
+		 const char *fmt, va_list ap)
+{
+	int n = snprintf(r->msg, sizeof(r->msg), "%s: ", where);
+
+	if (n >= 0 && (size_t)n < sizeof(r->msg))
+		vsnprintf(r->msg + n, sizeof(r->msg) - (size_t)n, fmt, ap);
+	r->err = err;
+	log_err("%s", r->msg);
+	return err;
+}
+
+static __attribute__((format(printf, 4, 5))) int
+fail(struct stream_reader *r, int err, const char *where, const char *fmt,
+     ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vfail(r, err, where, fmt, ap);
+	va_end(ap);
+	return err;
+}
+
+/* Room for any "record #N (NAME) at offset O". */
+#define WHERE_SIZE 112
+
+/* "record #N (NAME) at offset O" into buf; unknown types in hex. */
+static const char *rec_where(char *buf, uint32_t type, uint64_t index,
+			     uint64_t offset)
+{
+	const struct rec_info *ri = rec_lookup(type);
+
+	if (ri && ri->type == type)
+		snprintf(buf, WHERE_SIZE, "record #%llu (%s) at offset %llu",
+			 (unsigned long long)index, ri->name,
+			 (unsigned long long)offset);
+	else
+		snprintf(buf, WHERE_SIZE,
+			 "record #%llu (type 0x%08x) at offset %llu",
+			 (unsigned long long)index, type,
+			 (unsigned long long)offset);
+	return buf;
+}
+
+int stream_rec_fail(struct stream_reader *r, const struct stream_rec *rec,
+		    int err, const char *fmt, ...)
+{
+	char where[WHERE_SIZE];
+	va_list ap;
+
+	rec_where(where, rec->type, rec->index, rec->offset);
+	va_start(ap, fmt);
+	vfail(r, err, where, fmt, ap);
+	va_end(ap);
+	return err;
+}
+
+/* Print the three architecture bytes of a magic, escaping non-text. */
+static const char *magic_arch(char *buf, size_t size, const unsigned char *m)
+{
+	size_t n = 0;
+
+	for (int i = 4; i < 7 && n + 5 <= size; i++)
+		n += (size_t)snprintf(buf + n, size - n,
+				      m[i] > 0x20 && m[i] < 0x7f ? "%c" :
+								   "\\x%02x",
+				      m[i]);
+	return buf;
+}
+
+int stream_read_header(struct stream_reader *r, struct ft_stream_hdr *out)
+{
+	static const uint64_t magic = FT_STREAM_MAGIC;
+	const unsigned char *want = (const unsigned char *)&magic;
+	unsigned char raw[sizeof(struct ft_stream_hdr)];
+	struct ft_stream_hdr h;
+	char arch[16], other[16];
+	uint64_t sum;
+	ssize_t n;
+
+	if (r->err)
+		return r->err;
+	if (r->state != SR_NEW)
+		return fail(r, -EINVAL, "header", "read twice");
+	n = chan_read_upto(r->chan, raw, sizeof(raw));
+	if (n < 0)
+		return fail(r, (int)n, "header", "read failed: %s",
+			    strerror((int)-n));
+	/* Bytes 0..3 "FTST" and 7 '\n' name the format, 4..6 the arch. */
+	if (memcmp(raw, want, (size_t)n < 4 ? (size_t)n : 4) ||
+	    (n >= 8 && raw[7] != want[7]))
+		return fail(r, -EINVAL, "header",
+			    "not an ftengine stream (magic %02x %02x %02x %02x "
+			    "..., expected \"FTSTx64\\n\")",
+			    n > 0 ? raw[0] : 0, n > 1 ? raw[1] : 0,
+			    n > 2 ? raw[2] : 0, n > 3 ? raw[3] : 0);
+	if (n >= 8 && memcmp(raw + 4, want + 4, 3))
+		return fail(r, -ENOEXEC, "header",
+			    "stream for another architecture (\"%s\"; this "
+			    "reader handles \"%s\")",
+			    magic_arch(other, sizeof(other), raw),
+			    magic_arch(arch, sizeof(arch), want));
+	if ((size_t)n < sizeof(raw))
+		return fail(r, -EPIPE, "header",
+			    "stream ends after %zd of %zu header bytes", n,
+			    sizeof(raw));
+	memcpy(&h, raw, sizeof(h));
+	r->stats.bytes = sizeof(h);
+	if (h.version_major != FT_STREAM_VERSION_MAJOR ||
+	    h.version_minor > FT_STREAM_VERSION_MINOR)
+		return fail(r, -EPROTONOSUPPORT, "header",
+			    "version %u.%u not supported (this reader reads "
+			    "%u.0 to %u.%u)", h.version_major, h.version_minor,
+			    FT_STREAM_VERSION_MAJOR, FT_STREAM_VERSION_MAJOR,
+			    FT_STREAM_VERSION_MINOR);
+	sum = XXH64(raw, offsetof(struct ft_stream_hdr, checksum), 0);
+	if (sum != h.checksum)
+		return fail(r, -EBADMSG, "header",
+			    "checksum mismatch (stored 0x%016llx, computed "
+			    "0x%016llx)", (unsigned long long)h.checksum,
+			    (unsigned long long)sum);
+	if (h.page_shift != FT_PAGE_SHIFT)
+		return fail(r, -EINVAL, "header",
+			    "page shift %u not supported (only %u)",
+			    h.page_shift, FT_PAGE_SHIFT);
+	if (h.flags & ~FT_STREAM_F_KNOWN)
+		return fail(r, -EINVAL, "header", "unknown flags 0x%x",
+			    h.flags & ~FT_STREAM_F_KNOWN);
+	if (h.reserved0 || h.reserved1)
+		return fail(r, -EINVAL, "header",
+			    "reserved fields not zero (0x%x, 0x%llx)",
+			    h.reserved0, (unsigned long long)h.reserved1);
+	r->hdr = h;
+	r->state = SR_DOMAIN;
+	if (out)
+		*out = h;
+	return 0;
+}
+
+/* Make room for a framed record of `size` bytes, keeping its header. */
+static int reserve(struct stream_reader *r, size_t size)
+{
+	unsigned char *buf;
+
+	if (size <= r->buf_size)
+		return 0;
+	buf = realloc(r->buf, size);
+	if (!buf)
+		return -ENOMEM;
+	r->buf = buf;
+	r->buf_size = size;
+	return 0;
+}
+
+static int check_domain(struct stream_reader *r, const struct stream_rec *rec)
+{
+	struct ft_rec_domain d;
+
+	memcpy(&d, rec->body, sizeof(d));
+	if (d.mem_size > FT_MEM_SIZE_MAX)
+		return stream_rec_fail(r, rec, -E2BIG,
+				       "mem_size %llu exceeds the limit %llu",
+				       (unsigned long long)d.mem_size,
+				       FT_MEM_SIZE_MAX);
+	if (!d.mem_size || d.mem_size % FT_PAGE_SIZE)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "mem_size %llu is not a positive "
+				       "multiple of the page size %u",
+				       (unsigned long long)d.mem_size,
+				       FT_PAGE_SIZE);
+	if (!d.nr_vcpus || d.nr_vcpus > FT_MAX_VCPUS)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "nr_vcpus %u outside 1..%u", d.nr_vcpus,
+				       FT_MAX_VCPUS);
+	if (d.page_size != 1u << r->hdr.page_shift)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "page_size %u does not match the "
+				       "header's page shift %u", d.page_size,
+				       r->hdr.page_shift);
+	if (d.reserved)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "reserved field not zero (0x%llx)",
+				       (unsigned long long)d.reserved);
+	r->domain = d;
+	r->domain_index = rec->index;
+	return 0;
+}
+
+static int check_vcpu(struct stream_reader *r, const struct stream_rec *rec)
+{
+	struct ft_rec_vcpu_x86 v;
+
+	memcpy(&v, rec->body, sizeof(v));
+	if (v.xsave_len > FT_XSAVE_MAX)
+		return stream_rec_fail(r, rec, -E2BIG,
+				       "xsave_len %u exceeds the limit %u",
+				       v.xsave_len, FT_XSAVE_MAX);
+	if (rec->len != sizeof(v) + v.xsave_len)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "length %u is not %zu + xsave_len %u",
+				       rec->len, sizeof(v), v.xsave_len);
+	if (v.vcpu_id >= r->domain.nr_vcpus)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "vcpu_id %u beyond the domain's %u "
+				       "vCPUs", v.vcpu_id, r->domain.nr_vcpus);
+	if (r->vcpus_seen & (1ULL << v.vcpu_id))
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "vCPU %u sent twice", v.vcpu_id);
+	r->vcpus_seen |= 1ULL << v.vcpu_id;
+	return 0;
+}
+
+static int check_device(struct stream_reader *r, const struct stream_rec *rec)
+{
+	struct ft_rec_device d;
+
+	memcpy(&d, rec->body, sizeof(d));
+	if (d.len > FT_DEVICE_BLOB_MAX)
+		return stream_rec_fail(r, rec, -E2BIG,
+				       "blob length %u exceeds the limit %u",
+				       d.len, FT_DEVICE_BLOB_MAX);
+	if (rec->len != sizeof(d) + d.len)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "length %u is not %zu + blob length %u",
+				       rec->len, sizeof(d), d.len);
+	return 0;
+}
+
+static int check_end(struct stream_reader *r, const struct stream_rec *rec)
+{
+	uint32_t n = r->domain.nr_vcpus;
+	uint64_t all = n == 64 ? ~0ULL : (1ULL << n) - 1;
+	uint64_t missing = all & ~r->vcpus_seen;
+
+	if (missing)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "vCPU %d of %u never sent",
+				       __builtin_ctzll(missing), n);
+	return 0;
+}
+
+/*
+ * Read one record: framing, checksum and padding, before anything about
+ * it is believed beyond the length cap of its type.
+ */
+static int read_record(struct stream_reader *r, struct stream_rec *rec,
+		       const struct rec_info **info)
+{
+	struct ft_rec_hdr h;
+	const struct rec_info *ri;
+	uint32_t min = 0, max = FT_REC_BODY_MAX;
+	size_t size, pad;
+	uint64_t stored, sum;
+	char where[WHERE_SIZE];
+	ssize_t n;
+
+	rec->index = r->stats.records;
+	rec->offset = r->stats.bytes;
+	rec->type = 0;
+	snprintf(where, sizeof(where), "record #%llu at offset %llu",
+		 (unsigned long long)rec->index,
+		 (unsigned long long)rec->offset);
+	n = chan_read_upto(r->chan, r->buf, sizeof(h));
+	if (n < 0)
+		return fail(r, (int)n, where, "read failed: %s",
+			    strerror((int)-n));
+	if (n == 0)
+		return fail(r, -EPIPE, where, "stream ends without END");
+	if ((size_t)n < sizeof(h))
+		return fail(r, -EPIPE, where,
+			    "stream ends inside the record header (%zd of %zu "
+			    "bytes)", n, sizeof(h));
+	memcpy(&h, r->buf, sizeof(h));
+	rec->type = h.type;
+	rec->len = h.length;
+	rec_where(where, h.type, rec->index, rec->offset);
+
+	ri = rec_lookup(h.type);
+	if (ri && ri->type == h.type) {
+		min = ri->min;
+		max = ri->max;
+	}
+	if (h.length > max)
+		return fail(r, -E2BIG, where, "length %u exceeds the limit %u",
+			    h.length, max);
+	if (h.length < min)
+		return fail(r, -EINVAL, where, "length %u below the minimum %u",
+			    h.length, min);
+
+	pad = pad8(h.length);
+	size = sizeof(h) + h.length + pad + sizeof(sum);
+	if (reserve(r, size))
+		return fail(r, -ENOMEM, where, "cannot allocate %zu bytes",
+			    size);
+	n = chan_read_upto(r->chan, r->buf + sizeof(h), size - sizeof(h));
+	if (n < 0)
+		return fail(r, (int)n, where, "read failed: %s",
+			    strerror((int)-n));
+	if ((size_t)n < size - sizeof(h))
+		return fail(r, -EPIPE, where,
+			    "stream ends inside the record (%zd of %zu bytes "
+			    "after the record header)", n, size - sizeof(h));
+	r->stats.bytes += size;
+
+	memcpy(&stored, r->buf + size - sizeof(sum), sizeof(sum));
+	sum = XXH64(r->buf, size - sizeof(sum), 0);
+	if (sum != stored)
+		return fail(r, -EBADMSG, where,
+			    "checksum mismatch (stored 0x%016llx, computed "
+			    "0x%016llx)", (unsigned long long)stored,
+			    (unsigned long long)sum);
+	for (size_t i = 0; i < pad; i++) {
+		unsigned char b = r->buf[sizeof(h) + h.length + i];
+
+		if (b)
+			return fail(r, -EINVAL, where,
+				    "padding byte %zu is 0x%02x, not zero", i,
+				    b);
+	}
+	rec->body = r->buf + sizeof(h);
+	r->stats.records++;
+	*info = ri;
+	return 0;
+}
+
+int stream_next(struct stream_reader *r, struct stream_rec *rec)
+{
+	const struct rec_info *ri;
+	int err;
+
+	if (r->err)
+		return r->err;
+	if (r->state == SR_NEW || r->state == SR_ENDED)
+		return fail(r, -EINVAL, "stream_next",
+			    r->state == SR_NEW ? "called before the header" :
+						 "called after END");
+	for (;;) {
+		err = read_record(r, rec, &ri);
+		if (err)
+			return err;
+		if (ri && ri->reserved)
+			return stream_rec_fail(r, rec, -EOPNOTSUPP,
+					       "reserved record (%s), not "
+					       "supported by a %u.%u reader",
+					       ri->name, FT_STREAM_VERSION_MAJOR,
+					       FT_STREAM_VERSION_MINOR);
+		if (ri && ri->type != rec->type)
+			return stream_rec_fail(r, rec, -EINVAL,
+					       "type 0x%08x: %s is allocated "
+					       "as 0x%08x", rec->type, ri->name,
+					       ri->type);
+		if (!ri && !(rec->type & REC_F_OPTIONAL))
+			return stream_rec_fail(r, rec, -EOPNOTSUPP,
+					       "unknown mandatory record");
+		if (r->state == SR_DOMAIN && rec->type != REC_DOMAIN)
+			return stream_rec_fail(r, rec, -EINVAL,
+					       "DOMAIN missing: the first "
+					       "record must be DOMAIN");
+		if (ri)
+			break;
+		r->stats.skipped++; /* unknown optional */
+	}
+
+	switch (rec->type) {
+	case REC_DOMAIN:
+		if (r->state != SR_DOMAIN)
+			return stream_rec_fail(r, rec, -EINVAL,
+					       "duplicate DOMAIN (first was "
+					       "record #%llu)",
+					       (unsigned long long)
+						       r->domain_index);
+		err = check_domain(r, rec);
+		if (!err)
+			r->state = SR_BODY;
+		return err;
+	case REC_VCPU_X86:
+		return check_vcpu(r, rec);
+	case REC_DEVICE:
+		return check_device(r, rec);
+	case REC_END:
+		err = check_end(r, rec);
+		if (!err)
+			r->state = SR_ENDED;
+		return err;
+	default: /* PAGE_BATCH, NOTE: contents checked by their users */
+		return 0;
+	}
+}
+
+int stream_expect_eof(struct stream_reader *r)
+{
+	struct ft_rec_hdr h;
+	char where[WHERE_SIZE];
+	ssize_t n;
+
+	if (r->err)
+		return r->err;
+	if (r->state != SR_ENDED)
+		return fail(r, -EINVAL, "stream_expect_eof",
+			    "called before END");
+	snprintf(where, sizeof(where), "after END at offset %llu",
+		 (unsigned long long)r->stats.bytes);
+	n = chan_read_upto(r->chan, &h, sizeof(h));
+	if (n < 0)
+		return fail(r, (int)n, where, "read failed: %s",
+			    strerror((int)-n));
+	if (n == 0)
+		return 0;
+	if ((size_t)n < sizeof(h))
+		return fail(r, -EINVAL, where, "%zd stray bytes", n);
+	rec_where(where, h.type, r->stats.records, r->stats.bytes);
+	return fail(r, -EINVAL, where, "record after END");
+}
+
+/* Check a PAGE_BATCH's header and every descriptor; *count gets the
+ * number of pages. */
+static int check_batch(struct stream_reader *r, const struct stream_rec *rec,
+		       uint32_t *count)
+{
+	const unsigned char *body = rec->body;
+	uint64_t nr_pfns = r->domain.mem_size >> r->hdr.page_shift;
+	struct ft_rec_page_batch bh;
+	uint64_t data_len, total = 0;
+
+	if (rec->type != REC_PAGE_BATCH)
+		return stream_rec_fail(r, rec, -EINVAL, "not a PAGE_BATCH");
+	memcpy(&bh, body, sizeof(bh));
+	if (!bh.count || bh.count > FT_PAGE_BATCH_MAX)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "page count %u outside 1..%u", bh.count,
+				       FT_PAGE_BATCH_MAX);
+	if (bh.reserved)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "reserved field not zero (0x%x)",
+				       bh.reserved);
+	if (sizeof(bh) + (uint64_t)bh.count * sizeof(struct ft_page_desc) >
+	    rec->len)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "%u descriptors do not fit in %u bytes",
+				       bh.count, rec->len);
+	data_len = rec->len - sizeof(bh) -
+		   (uint64_t)bh.count * sizeof(struct ft_page_desc);
+
+	for (uint32_t i = 0; i < bh.count; i++) {
+		struct ft_page_desc d;
+
+		memcpy(&d, body + sizeof(bh) + i * sizeof(d), sizeof(d));
+		if (d.pfn >= nr_pfns)
+			return stream_rec_fail(r, rec, -EINVAL,
+					       "page %u pfn 0x%llx beyond guest "
+					       "RAM (%llu pages)", i,
+					       (unsigned long long)d.pfn,
+					       (unsigned long long)nr_pfns);
+		if (d.reserved)
+			return stream_rec_fail(r, rec, -EINVAL,
+					       "page %u pfn 0x%llx: reserved "
+					       "field not zero (0x%x)", i,
+					       (unsigned long long)d.pfn,
+					       d.reserved);
+		switch (d.enc) {
+		case FT_PAGE_RAW:
+			if (d.len == FT_PAGE_SIZE)
+				break;
+			return stream_rec_fail(r, rec, -EINVAL,
+					       "page %u pfn 0x%llx: RAW length "
+					       "%u, not %u", i,
+					       (unsigned long long)d.pfn, d.len,
+					       FT_PAGE_SIZE);
+		case FT_PAGE_ZERO:
+			if (!d.len)
+				break;
+			return stream_rec_fail(r, rec, -EINVAL,
+					       "page %u pfn 0x%llx: ZERO length "
+					       "%u, not 0", i,
+					       (unsigned long long)d.pfn, d.len);
+		case FT_PAGE_LZ4:
+			if (d.len && d.len < FT_PAGE_SIZE)
+				break;
+			return stream_rec_fail(r, rec, -EINVAL,
+					       "page %u pfn 0x%llx: LZ4 length "
+					       "%u outside 1..%u", i,
+					       (unsigned long long)d.pfn, d.len,
+					       FT_PAGE_SIZE - 1);
+		case FT_PAGE_XOR:
+			return stream_rec_fail(r, rec, -EOPNOTSUPP,
+					       "page %u pfn 0x%llx: XOR encoding "
+					       "is reserved", i,
+					       (unsigned long long)d.pfn);
+		default:
+			return stream_rec_fail(r, rec, -EINVAL,
+					       "page %u pfn 0x%llx: unknown "
+					       "encoding %u", i,
+					       (unsigned long long)d.pfn, d.enc);
+		}
+		total += d.len;
+	}
+	if (total != data_len)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "descriptors give %llu data bytes, the "
+				       "record holds %llu",
+				       (unsigned long long)total,
+				       (unsigned long long)data_len);
+	*count = bh.count;
+	return 0;
+}
+
+int stream_decode_pages(struct stream_reader *r, const struct stream_rec *rec,
+			stream_page_cb cb, void *ctx)
+{
+	const unsigned char *body = rec->body, *descs, *p;
+	uint32_t count = 0;
+	int err;
+
+	if (r->err)
+		return r->err;
+	err = check_batch(r, rec, &count);
+	if (err)
+		return err;
+	descs = body + sizeof(struct ft_rec_page_batch);
+	p = descs + (size_t)count * sizeof(struct ft_page_desc);
+	for (uint32_t i = 0; i < count; i++) {
+		const void *page = p;
+		struct ft_page_desc d;
+		int n;
+
+		memcpy(&d, descs + i * sizeof(d), sizeof(d));
+		if (d.enc == FT_PAGE_ZERO) {
+			page = zero_page;
+			r->stats.pages_zero++;
+		} else if (d.enc == FT_PAGE_LZ4) {
+			n = LZ4_decompress_safe((const char *)p, (char *)r->page,
+						(int)d.len, FT_PAGE_SIZE);
+			if (n != FT_PAGE_SIZE)
+				return stream_rec_fail(
+					r, rec, -EINVAL,
+					"page %u pfn 0x%llx: LZ4 data (%u "
+					"bytes) %s", i,
+					(unsigned long long)d.pfn, d.len,
+					n < 0 ? "is corrupt" :
+						"decodes to less than a page");
+			page = r->page;
+			r->stats.pages_lz4++;
+		} else {
+			r->stats.pages_raw++;
+		}
+		p += d.len;
+		err = cb(ctx, d.pfn, page);
+		if (err)
+			return err;
+	}
+	return 0;
+}

@@ -1,0 +1,209 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * stream.h - write and read ftengine streams (docs/stream-format.md) over
+ * a channel.
+ *
+ * Writer: stream_writer_init, stream_write_header, then records
+ * (stream_write_domain first, pages / vCPUs / devices in any order), then
+ * stream_write_end.  The writer frames records (padding, checksum) but
+ * does not police their order or contents: that is the reader's job, and
+ * tests rely on being able to write bad streams.
+ *
+ * Reader: stream_reader_init, stream_read_header, then stream_next until
+ * it returns REC_END.  stream_next checks the framing of every record
+ * (length caps before allocating, padding, checksum, type, order, exact
+ * sizes, the DOMAIN record in full); the contents of the other records are
+ * checked by the function that decodes them (stream_decode_pages here,
+ * stream_decode_vcpu / stream_decode_device in stream_state.h), which a
+ * caller must use before acting on a record.
+ *
+ * Errors: every call returns 0 or -errno (see docs/stream-format.md,
+ * ERRORS).  A reader failure is sticky, logged once with log_err and kept
+ * as a message naming the record, e.g.
+ *   record #7 (PAGE_BATCH) at offset 123456: page 3 pfn 0x40000 beyond
+ *   guest RAM (65536 pages)
+ * Channel failures are sticky in the channel, so a failed writer stays
+ * failed too.
+ *
+ * Neither writer nor reader owns its channel.  A writer or reader is used
+ * by one thread at a time.
+ */
+#ifndef STREAM_H
+#define STREAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "channel.h"
+#include "stream_wire.h"
+
+struct XXH64_state_s;
+
+enum stream_compress {
+	STREAM_COMP_NONE, /* pages go raw or zero */
+	STREAM_COMP_LZ4,  /* LZ4 per page when it saves at least a quarter */
+};
+
+struct stream_stats {
+	uint64_t records;   /* records written / read, skipped ones too */
+	uint64_t skipped;   /* reader: unknown optional records skipped */
+	uint64_t pages_raw; /* pages by encoding (reader: as decoded) */
+	uint64_t pages_zero;
+	uint64_t pages_lz4;
+	uint64_t bytes; /* stream bytes, header included */
+};
+
+/* Fields are private except `stats` (read-only). */
+struct stream_writer {
+	struct stream_stats stats;
+
+	struct chan *chan;
+	uint32_t flags;
+	enum stream_compress comp;
+	enum { SW_NEW, SW_OPEN, SW_ENDED } state;
+	struct XXH64_state_s *xs; /* record checksum, streamed */
+	void *lz4;                /* LZ4 compression state */
+	unsigned char *batch;     /* one PAGE_BATCH record, framed */
+};
+
+/*
+ * Prepare `w` to write a stream with header flags `flags` (FT_STREAM_F_*)
+ * to `c`, which stays the caller's and must outlive `w`.
+ * Return 0, -EINVAL (unknown flag or compression) or -ENOMEM.
+ * On success the caller calls stream_writer_fini once.
+ */
+int stream_writer_init(struct stream_writer *w, struct chan *c,
+		       uint32_t flags, enum stream_compress comp);
+
+/* Free what `w` holds.  Writes nothing: an unfinished stream stays so. */
+void stream_writer_fini(struct stream_writer *w);
+
+/* Write the stream header.  Called once, before any record. */
+int stream_write_header(struct stream_writer *w);
+
+/*
+ * Write one record of `type` with body[0..len), adding padding and the
+ * checksum; the body is not copied.  Return -E2BIG if len exceeds
+ * FT_REC_BODY_MAX, -EINVAL before the header or after END.
+ */
+int stream_write_record(struct stream_writer *w, uint32_t type,
+			const void *body, uint32_t len);
+
+/* As stream_write_record, the body gathered from iov[0..n), n <= 16. */
+int stream_write_recordv(struct stream_writer *w, uint32_t type,
+			 const struct iovec *iov, int n);
+
+/* Write the DOMAIN record.  Return -EINVAL for a shape no reader takes. */
+int stream_write_domain(struct stream_writer *w, uint64_t mem_size,
+			uint32_t nr_vcpus);
+
+/*
+ * Write the pages pages[i] (FT_PAGE_SIZE bytes each) as frames pfns[i],
+ * i < n, in PAGE_BATCH records of up to FT_PAGE_BATCH_MAX pages: all-zero
+ * pages as ZERO, others as LZ4 if enabled and worth it, else RAW.  Each
+ * batch is built in the writer's buffer and goes out in one channel
+ * write.  The pages may change meanwhile (live migration): each is read
+ * once into the batch and what is sent is self-consistent, though a page
+ * modified during the call may arrive torn; the caller resends pages
+ * dirtied meanwhile.  Return 0 or -errno; on error some batches may have
+ * been written.
+ */
+int stream_write_pages(struct stream_writer *w, const uint64_t *pfns,
+		       void *const *pages, unsigned n);
+
+/* Write END and flush the channel (without fsync). */
+int stream_write_end(struct stream_writer *w);
+
+struct stream_rec {
+	uint32_t type;
+	uint32_t len;     /* body bytes */
+	const void *body; /* reader-owned, valid until the next stream_next */
+	uint64_t index;   /* record number, from 0 */
+	uint64_t offset;  /* stream offset of the record header */
+};
+
+/* Fields are private except `hdr`, `domain` and `stats` (read-only). */
+struct stream_reader {
+	struct ft_stream_hdr hdr;    /* valid after stream_read_header */
+	struct ft_rec_domain domain; /* valid once DOMAIN was returned */
+	struct stream_stats stats;
+
+	struct chan *chan;
+	enum { SR_NEW, SR_DOMAIN, SR_BODY, SR_ENDED } state;
+	uint64_t domain_index;      /* record number of DOMAIN */
+	uint64_t vcpus_seen;        /* bit i: vCPU i was sent */
+	unsigned char *buf;         /* current record, framed */
+	size_t buf_size;
+	unsigned char *page;        /* LZ4 output */
+	int err;                    /* sticky */
+	char msg[256];
+};
+
+/*
+ * Prepare `r` to read a stream from `c`, which stays the caller's and must
+ * outlive `r`.  Return 0 or -ENOMEM.  On success the caller calls
+ * stream_reader_fini once.
+ */
+int stream_reader_init(struct stream_reader *r, struct chan *c);
+
+/* Free what `r` holds, record bodies included. */
+void stream_reader_fini(struct stream_reader *r);
+
+/*
+ * Read and check the stream header (magic, version, checksum, page shift,
+ * flags, reserved fields); copy it to *out unless out is NULL.  Called
+ * once, first.  Return 0, -EINVAL (not an ftengine stream, bad field),
+ * -ENOEXEC (another architecture), -EPROTONOSUPPORT (version),
+ * -EBADMSG (checksum) or -EPIPE (truncated).
+ */
+int stream_read_header(struct stream_reader *r, struct ft_stream_hdr *out);
+
+/*
+ * Read the next record into *rec, skipping unknown optional records.
+ * rec->body stays valid until the next call or stream_reader_fini.
+ * Returns REC_END last; calling it again then is an error (use
+ * stream_expect_eof to check a file ends there).
+ * Return 0, -EPIPE (truncated), -EBADMSG (checksum), -E2BIG (length over
+ * its cap), -EOPNOTSUPP (reserved or unknown mandatory type), -EINVAL.
+ */
+int stream_next(struct stream_reader *r, struct stream_rec *rec);
+
+/*
+ * After END: check that the channel ends too (for files).  Blocks on a
+ * connection until the peer closes it.  Return 0 or -EINVAL.
+ */
+int stream_expect_eof(struct stream_reader *r);
+
+/* Called once per page; a non-zero return stops the walk and is passed up. */
+typedef int (*stream_page_cb)(void *ctx, uint64_t pfn, const void *page);
+
+/*
+ * Check the PAGE_BATCH `rec` (from stream_next on `r`) in full: count,
+ * reserved fields, every descriptor (pfn below the domain's page count,
+ * encoding, length) and the total data length.  Only then decode the
+ * pages in order and call cb(ctx, pfn, page) for each with FT_PAGE_SIZE
+ * bytes valid during the call.  A page that fails to decode stops the
+ * walk with -EINVAL after the pages before it were passed to cb.
+ * Return 0, -EINVAL, -EOPNOTSUPP (XOR encoding) or cb's non-zero result
+ * (which does not make `r` fail).
+ */
+int stream_decode_pages(struct stream_reader *r, const struct stream_rec *rec,
+			stream_page_cb cb, void *ctx);
+
+/*
+ * Make `r` fail with `err` and the message
+ * "record #N (TYPE) at offset O: <fmt...>"; log it.  For decoders of
+ * record contents (stream_state.c, callers).  Returns err.
+ */
+int stream_rec_fail(struct stream_reader *r, const struct stream_rec *rec,
+		    int err, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+/* The message of r's sticky error, or "" if there is none. */
+const char *stream_reader_error(const struct stream_reader *r);
+
+/* "PAGE_BATCH", ..., "UNKNOWN" for a type this reader does not know. */
+const char *stream_rec_name(uint32_t type);
+
+#endif /* STREAM_H */

@@ -1,0 +1,218 @@
+// SPDX-License-Identifier: MIT
+/*
+ * snapshot.c - save a paused domain to a stream; build a domain from one.
+ *
+ * Save order (docs/stream-format.md): header, DOMAIN, page batches of every
+ * non-zero frame, one VCPU_X86 per vCPU, one DEVICE per device, END.  The
+ * restore side creates the domain from DOMAIN, then applies records as
+ * they come; it trusts nothing the stream says that the reader has not
+ * validated, and destroys the half-built domain on any error.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "migrate/snapshot.h"
+#include "stream.h"
+#include "stream_state.h"
+
+#define SAVE_BATCH FT_PAGE_BATCH_MAX
+
+static bool page_is_zero(const void *p)
+{
+	const uint64_t *w = p;
+	unsigned i;
+
+	for (i = 0; i < HV_PAGE_SIZE / 8; i += 8)
+		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] |
+		    w[i + 5] | w[i + 6] | w[i + 7])
+			return false;
+	return true;
+}
+
+static int save_pages(const struct hv_ops *ops, struct hv_domain *d,
+		      struct stream_writer *w, uint64_t nr_pfns,
+		      struct snap_stats *stats)
+{
+	uint64_t pfns[SAVE_BATCH], sel[SAVE_BATCH];
+	void *ptrs[SAVE_BATCH], *selp[SAVE_BATCH];
+	uint64_t base;
+	unsigned i, n, k;
+	int err;
+
+	for (base = 0; base < nr_pfns; base += n) {
+		n = nr_pfns - base < SAVE_BATCH ? (unsigned)(nr_pfns - base)
+						: SAVE_BATCH;
+		for (i = 0; i < n; i++)
+			pfns[i] = base + i;
+		err = ops->map(d, pfns, n, ptrs);
+		if (err)
+			return err;
+		for (i = 0, k = 0; i < n; i++) {
+			if (page_is_zero(ptrs[i])) {
+				stats->zero_pages++;
+				continue;
+			}
+			sel[k] = pfns[i];
+			selp[k++] = ptrs[i];
+		}
+		err = k ? stream_write_pages(w, sel, selp, k) : 0;
+		ops->unmap(d, ptrs, n);
+		if (err)
+			return err;
+		stats->pages += k;
+	}
+	return 0;
+}
+
+struct dev_ctx {
+	struct stream_writer *w;
+	struct snap_stats *stats;
+};
+
+static int save_device(void *ctx, const struct hv_dev_rec *rec)
+{
+	struct dev_ctx *dc = ctx;
+
+	dc->stats->records++;
+	return stream_write_device(dc->w, rec);
+}
+
+int snap_save(const struct hv_ops *ops, struct hv_domain *d, struct chan *c,
+	      struct snap_stats *stats)
+{
+	struct stream_writer w;
+	struct hv_dom_info info;
+	struct hv_vcpu_state *vs;
+	struct dev_ctx dc = { .w = &w, .stats = stats };
+	uint64_t bytes0 = c->bytes_out;
+	unsigned v;
+	int err;
+
+	memset(stats, 0, sizeof(*stats));
+	err = ops->info(d, &info);
+	if (err)
+		return err;
+	vs = malloc(sizeof(*vs));
+	if (!vs)
+		return -ENOMEM;
+	err = stream_writer_init(&w, c, 0, STREAM_COMP_NONE);
+	if (err)
+		goto out_free;
+	err = stream_write_header(&w);
+	if (!err)
+		err = stream_write_domain(&w, info.mem_size, info.nr_vcpus);
+	if (!err)
+		err = save_pages(ops, d, &w, info.mem_size / info.page_size,
+				 stats);
+	for (v = 0; !err && v < info.nr_vcpus; v++) {
+		err = ops->vcpu_save(d, v, vs);
+		if (!err)
+			err = stream_write_vcpu(&w, v, vs);
+	}
+	if (!err)
+		err = ops->dev_save(d, save_device, &dc);
+	if (!err)
+		err = stream_write_end(&w);
+	if (!err)
+		err = chan_flush(c, false);
+	stats->bytes = c->bytes_out - bytes0;
+	stream_writer_fini(&w);
+out_free:
+	free(vs);
+	if (err)
+		log_err("save failed: %s", strerror(-err));
+	return err;
+}
+
+struct restore_ctx {
+	const struct hv_ops *ops;
+	struct hv_domain *d;
+};
+
+static int restore_page(void *ctx, uint64_t pfn, const void *page)
+{
+	struct restore_ctx *rc = ctx;
+	void *dst;
+	int err;
+
+	err = rc->ops->map(rc->d, &pfn, 1, &dst);
+	if (err)
+		return err;
+	memcpy(dst, page, HV_PAGE_SIZE);
+	rc->ops->unmap(rc->d, &dst, 1);
+	return 0;
+}
+
+int snap_restore(const struct hv_ops *ops, const void *cfg, struct chan *c,
+		 struct hv_domain **out)
+{
+	struct stream_reader r;
+	struct ft_stream_hdr hdr;
+	struct stream_rec rec;
+	struct restore_ctx rc = { .ops = ops };
+	struct hv_dom_info info;
+	struct hv_vcpu_state *vs;
+	struct hv_dev_rec dev;
+	uint32_t id;
+	int err;
+
+	vs = malloc(sizeof(*vs));
+	if (!vs)
+		return -ENOMEM;
+	err = stream_reader_init(&r, c);
+	if (err)
+		goto out_free;
+	err = stream_read_header(&r, &hdr);
+	while (!err) {
+		err = stream_next(&r, &rec);
+		if (err)
+			break;
+		switch (rec.type) {
+		case REC_DOMAIN: {
+			const struct ft_rec_domain *dm = rec.body;
+
+			info = (struct hv_dom_info){
+				.mem_size = dm->mem_size,
+				.nr_vcpus = dm->nr_vcpus,
+				.page_size = dm->page_size };
+			err = ops->create(&info, cfg, &rc.d);
+			break;
+		}
+		case REC_PAGE_BATCH:
+			err = stream_decode_pages(&r, &rec, restore_page, &rc);
+			break;
+		case REC_VCPU_X86:
+			/* The reader rejects duplicate and out-of-range
+			 * vCPU ids, and an END with vCPUs missing. */
+			err = stream_decode_vcpu(&r, &rec, &id, vs);
+			if (!err)
+				err = ops->vcpu_load(rc.d, id, vs);
+			break;
+		case REC_DEVICE:
+			err = stream_decode_device(&r, &rec, &dev);
+			if (!err)
+				err = ops->dev_load(rc.d, &dev);
+			break;
+		case REC_END:
+			*out = rc.d;
+			rc.d = NULL;
+			goto out_fini;
+		default:
+			break; /* the reader passed it: optional, ignored */
+		}
+	}
+	if (err > 0)
+		err = -EINVAL;
+	log_err("restore failed: %s",
+		*stream_reader_error(&r) ? stream_reader_error(&r)
+					 : strerror(-err));
+out_fini:
+	stream_reader_fini(&r);
+	if (rc.d)
+		ops->destroy(rc.d);
+out_free:
+	free(vs);
+	return err;
+}

@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * snapshot.h - save a paused domain to a stream and build a domain from
+ * one.  Generic over struct hv_ops: the same code saves a KVM or a Xen
+ * domain.  Live migration (pre-copy rounds) builds on the same records.
+ */
+#ifndef SNAPSHOT_H
+#define SNAPSHOT_H
+
+#include <stdint.h>
+
+#include "channel.h"
+#include "hv.h"
+
+struct snap_stats {
+	uint64_t bytes;      /* written to / read from the channel */
+	uint64_t pages;      /* page frames sent (not counting skipped zeros) */
+	uint64_t zero_pages; /* all-zero frames, not sent */
+	uint64_t records;
+};
+
+/* Write the whole state of the paused domain `d` to `c`: header, DOMAIN,
+ * every non-zero page, vCPUs, devices, END.  The domain is left as it was
+ * (paused); the caller decides whether to resume it.  Returns 0 or -errno
+ * with the reason logged; on error the channel's content is garbage. */
+int snap_save(const struct hv_ops *ops, struct hv_domain *d, struct chan *c,
+	      struct snap_stats *stats);
+
+/* Read a stream from `c`, validating every record, and create a paused
+ * domain from it with `ops->create(info, cfg)`.  On success *out owns the
+ * domain; on any error nothing is left behind (the half-built domain is
+ * destroyed) and the reason, naming the record, is logged. */
+int snap_restore(const struct hv_ops *ops, const void *cfg, struct chan *c,
+		 struct hv_domain **out);
+
+#endif /* SNAPSHOT_H */
