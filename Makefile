@@ -3,6 +3,7 @@
 #   make            build everything into build/
 #   make SAN=1      build with ASan+UBSan into build-san/
 #   make check      build both, run the whole test suite on both
+#   make demo       build and run the demo (tools/demo.sh)
 #   make bench      build the benchmarks (run them from bench/, see docs/performance.md)
 #   make fuzz       build the fuzz targets (clang/libFuzzer) into build-fuzz/
 #   make format     clang-format every C file in place
@@ -43,7 +44,7 @@ BENCH_BINS  := $(BENCH_SRCS:%.c=$(B)/%)
 
 PROGS := $(B)/ftvm
 
-.PHONY: all guests check bench fuzz format clean distclean unit
+.PHONY: all guests check demo bench fuzz format clean distclean
 all: $(B)/libft.a $(B)/libhvkvm.a $(PROGS) $(UNIT_BINS) guests
 
 $(B)/%.o: %.c
@@ -78,6 +79,9 @@ check:
 	$(MAKE) all
 	$(MAKE) SAN=1 all
 	tests/run build build-san
+
+demo: all
+	tools/demo.sh
 
 fuzz:
 	$(MAKE) -f bench/fuzz.mk

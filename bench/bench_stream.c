@@ -36,7 +36,7 @@ static double now(void)
 }
 
 enum fill { FILL_RANDOM, FILL_ZERO, FILL_TEXT };
-static const char *const fill_names[] = { "random", "zero", "text" };
+static const char *const fill_names[] = {"random", "zero", "text"};
 
 static void fill(unsigned char *mem, size_t size, enum fill how)
 {
@@ -190,7 +190,7 @@ int main(int argc, char **argv)
 		fill(mem, size, (enum fill)f);
 		for (int comp = STREAM_COMP_NONE; comp <= STREAM_COMP_LZ4;
 		     comp++) {
-			struct restore rs = { back, nr_pfns };
+			struct restore rs = {back, nr_pfns};
 			struct stream_stats st;
 			double ts, tn, tl;
 
@@ -212,9 +212,8 @@ int main(int argc, char **argv)
 			printf("%-7s %-5s %9.0f %9.2f %9.2f %9.2f  "
 			       "%llu/%llu/%llu\n",
 			       fill_names[f], comp ? "lz4" : "none",
-			       (double)st.bytes / (1 << 20), gib / ts,
-			       gib / tn, gib / tl,
-			       (unsigned long long)st.pages_raw,
+			       (double)st.bytes / (1 << 20), gib / ts, gib / tn,
+			       gib / tl, (unsigned long long)st.pages_raw,
 			       (unsigned long long)st.pages_zero,
 			       (unsigned long long)st.pages_lz4);
 			fflush(stdout);

@@ -189,7 +189,8 @@ static json_t *cmd_save(struct vm *vm, json_t *req)
 	snprintf(tmp, sizeof(tmp), "%s.tmp", file);
 	err = chan_open_file(&c, tmp, O_WRONLY | O_CREAT | O_TRUNC);
 	if (err)
-		return reply_err("%s: %s", tmp, strerror(-err));
+		return reply_err("save to %s failed: %s: %s; the VM keeps "
+				 "running", file, tmp, strerror(-err));
 	vm->ops->pause(vm->dom);
 	err = snap_save(vm->ops, vm->dom, c, &stats);
 	if (!err)
@@ -618,7 +619,7 @@ static int do_restore(int argc, char **argv)
 		log_err("%s: %s", o.from, strerror(-err));
 		return EXIT_VMM_ERROR;
 	}
-	err = snap_restore(vm.ops, &cfg, c, &vm.dom);
+	err = snap_restore(vm.ops, &cfg, c, true, &vm.dom);
 	chan_close(c);
 	if (err) {
 		log_err("restore from %s failed", o.from);

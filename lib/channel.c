@@ -54,7 +54,8 @@ static int fd_writev(struct chan *c, const struct iovec *iov, int n)
 			return err;
 		}
 		left -= (size_t)w;
-		/* Step over what was written; a partial iovec keeps its tail. */
+		/* Step over what was written; a partial iovec keeps its tail.
+		 */
 		while (i < n && (size_t)w >= v[i].iov_len)
 			w -= (ssize_t)v[i++].iov_len;
 		if (i < n) {
@@ -78,7 +79,8 @@ static ssize_t fd_read(struct chan *c, void *buf, size_t len)
 		if (r < 0) {
 			int err = -errno;
 
-			log_err("%s: read failed: %s", c->name, strerror(errno));
+			log_err("%s: read failed: %s", c->name,
+				strerror(errno));
 			return err;
 		}
 		if (r == 0)
@@ -228,7 +230,8 @@ static int mem_writev(struct chan *c, const struct iovec *iov, int n)
 
 	if (total > m->max - m->len) {
 		log_err("%s: write of %zu bytes exceeds the %zu-byte limit "
-			"(%zu used)", c->name, total, m->max, m->len);
+			"(%zu used)",
+			c->name, total, m->max, m->len);
 		return -ENOSPC;
 	}
 	err = mem_reserve(m, m->len + total);
@@ -270,8 +273,7 @@ static const struct chan_ops mem_ops = {
 	.close = mem_close,
 };
 
-int chan_open_mem(struct chan **out, const void *data, size_t len,
-		  size_t max)
+int chan_open_mem(struct chan **out, const void *data, size_t len, size_t max)
 {
 	struct chan_mem *m;
 
@@ -335,7 +337,7 @@ int chan_writev(struct chan *c, const struct iovec *iov, int n)
 
 int chan_write(struct chan *c, const void *buf, size_t len)
 {
-	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
 
 	return chan_writev(c, &iov, 1);
 }
@@ -362,9 +364,10 @@ int chan_read(struct chan *c, void *buf, size_t len)
 	if (r < 0)
 		return (int)r;
 	if ((size_t)r < len) {
-		log_err("%s: stream ends at offset %llu: needed %zu more bytes, "
-			"got %zd", c->name, (unsigned long long)c->bytes_in,
-			len, r);
+		log_err("%s: stream ends at offset %llu: needed %zu more "
+			"bytes, "
+			"got %zd",
+			c->name, (unsigned long long)c->bytes_in, len, r);
 		c->err = -EPIPE;
 		return -EPIPE;
 	}

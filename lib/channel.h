@@ -51,8 +51,8 @@ struct chan_ops {
  */
 struct chan {
 	const struct chan_ops *ops;
-	char *name;         /* for messages: "file /path", "fd 3", "mem" */
-	int err;            /* sticky: 0 or the first -errno */
+	char *name;	    /* for messages: "file /path", "fd 3", "mem" */
+	int err;	    /* sticky: 0 or the first -errno */
 	uint64_t bytes_in;  /* bytes read so far */
 	uint64_t bytes_out; /* bytes written so far */
 };
@@ -81,8 +81,7 @@ int chan_from_fd(struct chan **out, int fd, bool own);
  * front, and the end of the written bytes is the end of the stream.
  * Return 0, -EINVAL (len > max) or -ENOMEM.
  */
-int chan_open_mem(struct chan **out, const void *data, size_t len,
-		  size_t max);
+int chan_open_mem(struct chan **out, const void *data, size_t len, size_t max);
 
 /*
  * Everything ever put into the memory channel `c` (the initial data and

@@ -30,8 +30,7 @@ static size_t pad8(size_t len)
 	return (8 - len % 8) % 8;
 }
 
-static const unsigned char zero_page[FT_PAGE_SIZE]
-	__attribute__((aligned(64)));
+static const unsigned char zero_page[FT_PAGE_SIZE] __attribute__((aligned(64)));
 
 /*
  * Record types by number (type without REC_F_OPTIONAL), with the body
@@ -43,20 +42,20 @@ static const struct rec_info {
 	uint32_t min, max;
 	bool reserved;
 } rec_table[] = {
-	{ REC_END, "END", 0, 0, false },
-	{ REC_DOMAIN, "DOMAIN", sizeof(struct ft_rec_domain),
-	  sizeof(struct ft_rec_domain), false },
-	{ REC_PAGE_BATCH, "PAGE_BATCH",
-	  sizeof(struct ft_rec_page_batch) + sizeof(struct ft_page_desc),
-	  FT_REC_BODY_MAX, false },
-	{ REC_VCPU_X86, "VCPU_X86", sizeof(struct ft_rec_vcpu_x86),
-	  sizeof(struct ft_rec_vcpu_x86) + FT_XSAVE_MAX, false },
-	{ REC_DEVICE, "DEVICE", sizeof(struct ft_rec_device),
-	  sizeof(struct ft_rec_device) + FT_DEVICE_BLOB_MAX, false },
-	{ REC_CKPT_BEGIN, "CKPT_BEGIN", 0, FT_REC_BODY_MAX, true },
-	{ REC_CKPT_END, "CKPT_END", 0, FT_REC_BODY_MAX, true },
-	{ REC_DISK_WRITE, "DISK_WRITE", 0, FT_REC_BODY_MAX, true },
-	{ REC_NOTE, "NOTE", 0, FT_NOTE_MAX, false },
+	{REC_END, "END", 0, 0, false},
+	{REC_DOMAIN, "DOMAIN", sizeof(struct ft_rec_domain),
+	 sizeof(struct ft_rec_domain), false},
+	{REC_PAGE_BATCH, "PAGE_BATCH",
+	 sizeof(struct ft_rec_page_batch) + sizeof(struct ft_page_desc),
+	 FT_REC_BODY_MAX, false},
+	{REC_VCPU_X86, "VCPU_X86", sizeof(struct ft_rec_vcpu_x86),
+	 sizeof(struct ft_rec_vcpu_x86) + FT_XSAVE_MAX, false},
+	{REC_DEVICE, "DEVICE", sizeof(struct ft_rec_device),
+	 sizeof(struct ft_rec_device) + FT_DEVICE_BLOB_MAX, false},
+	{REC_CKPT_BEGIN, "CKPT_BEGIN", 0, FT_REC_BODY_MAX, true},
+	{REC_CKPT_END, "CKPT_END", 0, FT_REC_BODY_MAX, true},
+	{REC_DISK_WRITE, "DISK_WRITE", 0, FT_REC_BODY_MAX, true},
+	{REC_NOTE, "NOTE", 0, FT_NOTE_MAX, false},
 };
 
 /* The table entry for type's number, or NULL if the number is unknown. */
@@ -77,11 +76,12 @@ const char *stream_rec_name(uint32_t type)
 /* ---- writer ---- */
 
 /*
- * Pages per PAGE_BATCH the writer emits.  A full batch (4 MiB) still fits
- * the L2 cache of current x86 cores, so the copy and the checksum pass
- * over it stay in cache; see bench/bench_stream.c.
+ * Pages per PAGE_BATCH the writer emits.  A 1 MiB batch stays in the L2
+ * cache between the copy, the checksum pass and the write(2) (and on the
+ * reader's side between read(2), checksum and decode); full 4 MiB batches
+ * measured 25-30% slower (bench/bench_stream.c).
  */
-#define WRITE_BATCH 1024
+#define WRITE_BATCH 256
 /* Keep an LZ4 page only if it is at most this long. */
 #define LZ4_KEEP_MAX (FT_PAGE_SIZE * 3 / 4)
 /* Largest framed PAGE_BATCH record the writer builds. */
@@ -91,8 +91,8 @@ const char *stream_rec_name(uint32_t type)
 #define RECORDV_IOV_MAX 16
 _Static_assert(RECORDV_IOV_MAX + 2 <= CHAN_IOV_MAX, "iovec budget");
 
-int stream_writer_init(struct stream_writer *w, struct chan *c,
-		       uint32_t flags, enum stream_compress comp)
+int stream_writer_init(struct stream_writer *w, struct chan *c, uint32_t flags,
+		       enum stream_compress comp)
 {
 	memset(w, 0, sizeof(*w));
 	if (flags & ~FT_STREAM_F_KNOWN) {
@@ -164,8 +164,8 @@ int stream_write_recordv(struct stream_writer *w, uint32_t type,
 			 const struct iovec *iov, int n)
 {
 	struct iovec v[RECORDV_IOV_MAX + 2];
-	struct ft_rec_hdr h = { .type = type };
-	unsigned char tail[16] = { 0 }; /* padding, then checksum */
+	struct ft_rec_hdr h = {.type = type};
+	unsigned char tail[16] = {0}; /* padding, then checksum */
 	size_t len = 0, pad;
 	uint64_t sum;
 	int err;
@@ -182,8 +182,8 @@ int stream_write_recordv(struct stream_writer *w, uint32_t type,
 		len += iov[i].iov_len;
 	if (len > FT_REC_BODY_MAX) {
 		log_err("stream writer: %s record of %zu bytes exceeds the "
-			"limit %zu", stream_rec_name(type), len,
-			(size_t)FT_REC_BODY_MAX);
+			"limit %zu",
+			stream_rec_name(type), len, (size_t)FT_REC_BODY_MAX);
 		return -E2BIG;
 	}
 	h.length = (uint32_t)len;
@@ -197,9 +197,9 @@ int stream_write_recordv(struct stream_writer *w, uint32_t type,
 	sum = XXH64_digest(w->xs);
 	memcpy(tail + pad, &sum, sizeof(sum));
 
-	v[0] = (struct iovec){ .iov_base = &h, .iov_len = sizeof(h) };
+	v[0] = (struct iovec){.iov_base = &h, .iov_len = sizeof(h)};
 	memcpy(v + 1, iov, (size_t)n * sizeof(*iov));
-	v[n + 1] = (struct iovec){ .iov_base = tail, .iov_len = pad + 8 };
+	v[n + 1] = (struct iovec){.iov_base = tail, .iov_len = pad + 8};
 	err = chan_writev(w->chan, v, n + 2);
 	if (err)
 		return err;
@@ -213,7 +213,7 @@ int stream_write_recordv(struct stream_writer *w, uint32_t type,
 int stream_write_record(struct stream_writer *w, uint32_t type,
 			const void *body, uint32_t len)
 {
-	struct iovec iov = { .iov_base = (void *)body, .iov_len = len };
+	struct iovec iov = {.iov_base = (void *)body, .iov_len = len};
 
 	return stream_write_recordv(w, type, &iov, 1);
 }
@@ -232,8 +232,9 @@ int stream_write_domain(struct stream_writer *w, uint64_t mem_size,
 	    nr_vcpus > FT_MAX_VCPUS) {
 		log_err("stream writer: domain of %llu bytes and %u vCPUs is "
 			"not representable (page multiple up to %llu bytes, "
-			"1..%u vCPUs)", (unsigned long long)mem_size,
-			nr_vcpus, FT_MEM_SIZE_MAX, FT_MAX_VCPUS);
+			"1..%u vCPUs)",
+			(unsigned long long)mem_size, nr_vcpus, FT_MEM_SIZE_MAX,
+			FT_MAX_VCPUS);
 		return -EINVAL;
 	}
 	return stream_write_record(w, REC_DOMAIN, &d, sizeof(d));
@@ -263,15 +264,15 @@ static int write_batch(struct stream_writer *w, const uint64_t *pfns,
 			       sizeof(struct ft_rec_page_batch);
 	unsigned char *data = descs + (size_t)n * sizeof(struct ft_page_desc);
 	unsigned char *p = data;
-	struct ft_rec_page_batch bh = { .count = n };
-	struct ft_rec_hdr h = { .type = REC_PAGE_BATCH };
+	struct ft_rec_page_batch bh = {.count = n};
+	struct ft_rec_hdr h = {.type = REC_PAGE_BATCH};
 	struct stream_stats st = w->stats;
 	uint64_t sum;
 	size_t len, pad;
 	int err;
 
 	for (unsigned i = 0; i < n; i++) {
-		struct ft_page_desc d = { .pfn = pfns[i] };
+		struct ft_page_desc d = {.pfn = pfns[i]};
 		int clen = 0;
 
 		if (page_is_zero(pages[i])) {
@@ -382,8 +383,7 @@ static int vfail(struct stream_reader *r, int err, const char *where,
 }
 
 static __attribute__((format(printf, 4, 5))) int
-fail(struct stream_reader *r, int err, const char *where, const char *fmt,
-     ...)
+fail(struct stream_reader *r, int err, const char *where, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -433,10 +433,9 @@ static const char *magic_arch(char *buf, size_t size, const unsigned char *m)
 	size_t n = 0;
 
 	for (int i = 4; i < 7 && n + 5 <= size; i++)
-		n += (size_t)snprintf(buf + n, size - n,
-				      m[i] > 0x20 && m[i] < 0x7f ? "%c" :
-								   "\\x%02x",
-				      m[i]);
+		n += (size_t)snprintf(
+			buf + n, size - n,
+			m[i] > 0x20 && m[i] < 0x7f ? "%c" : "\\x%02x", m[i]);
 	return buf;
 }
 
@@ -482,14 +481,16 @@ int stream_read_header(struct stream_reader *r, struct ft_stream_hdr *out)
 	    h.version_minor > FT_STREAM_VERSION_MINOR)
 		return fail(r, -EPROTONOSUPPORT, "header",
 			    "version %u.%u not supported (this reader reads "
-			    "%u.0 to %u.%u)", h.version_major, h.version_minor,
+			    "%u.0 to %u.%u)",
+			    h.version_major, h.version_minor,
 			    FT_STREAM_VERSION_MAJOR, FT_STREAM_VERSION_MAJOR,
 			    FT_STREAM_VERSION_MINOR);
 	sum = XXH64(raw, offsetof(struct ft_stream_hdr, checksum), 0);
 	if (sum != h.checksum)
 		return fail(r, -EBADMSG, "header",
 			    "checksum mismatch (stored 0x%016llx, computed "
-			    "0x%016llx)", (unsigned long long)h.checksum,
+			    "0x%016llx)",
+			    (unsigned long long)h.checksum,
 			    (unsigned long long)sum);
 	if (h.page_shift != FT_PAGE_SHIFT)
 		return fail(r, -EINVAL, "header",
@@ -530,10 +531,9 @@ static int check_domain(struct stream_reader *r, const struct stream_rec *rec)
 
 	memcpy(&d, rec->body, sizeof(d));
 	if (d.mem_size > FT_MEM_SIZE_MAX)
-		return stream_rec_fail(r, rec, -E2BIG,
-				       "mem_size %llu exceeds the limit %llu",
-				       (unsigned long long)d.mem_size,
-				       FT_MEM_SIZE_MAX);
+		return stream_rec_fail(
+			r, rec, -E2BIG, "mem_size %llu exceeds the limit %llu",
+			(unsigned long long)d.mem_size, FT_MEM_SIZE_MAX);
 	if (!d.mem_size || d.mem_size % FT_PAGE_SIZE)
 		return stream_rec_fail(r, rec, -EINVAL,
 				       "mem_size %llu is not a positive "
@@ -547,8 +547,8 @@ static int check_domain(struct stream_reader *r, const struct stream_rec *rec)
 	if (d.page_size != 1u << r->hdr.page_shift)
 		return stream_rec_fail(r, rec, -EINVAL,
 				       "page_size %u does not match the "
-				       "header's page shift %u", d.page_size,
-				       r->hdr.page_shift);
+				       "header's page shift %u",
+				       d.page_size, r->hdr.page_shift);
 	if (d.reserved)
 		return stream_rec_fail(r, rec, -EINVAL,
 				       "reserved field not zero (0x%llx)",
@@ -574,10 +574,11 @@ static int check_vcpu(struct stream_reader *r, const struct stream_rec *rec)
 	if (v.vcpu_id >= r->domain.nr_vcpus)
 		return stream_rec_fail(r, rec, -EINVAL,
 				       "vcpu_id %u beyond the domain's %u "
-				       "vCPUs", v.vcpu_id, r->domain.nr_vcpus);
+				       "vCPUs",
+				       v.vcpu_id, r->domain.nr_vcpus);
 	if (r->vcpus_seen & (1ULL << v.vcpu_id))
-		return stream_rec_fail(r, rec, -EINVAL,
-				       "vCPU %u sent twice", v.vcpu_id);
+		return stream_rec_fail(r, rec, -EINVAL, "vCPU %u sent twice",
+				       v.vcpu_id);
 	r->vcpus_seen |= 1ULL << v.vcpu_id;
 	return 0;
 }
@@ -641,7 +642,8 @@ static int read_record(struct stream_reader *r, struct stream_rec *rec,
 	if ((size_t)n < sizeof(h))
 		return fail(r, -EPIPE, where,
 			    "stream ends inside the record header (%zd of %zu "
-			    "bytes)", n, sizeof(h));
+			    "bytes)",
+			    n, sizeof(h));
 	memcpy(&h, r->buf, sizeof(h));
 	rec->type = h.type;
 	rec->len = h.length;
@@ -671,7 +673,8 @@ static int read_record(struct stream_reader *r, struct stream_rec *rec,
 	if ((size_t)n < size - sizeof(h))
 		return fail(r, -EPIPE, where,
 			    "stream ends inside the record (%zd of %zu bytes "
-			    "after the record header)", n, size - sizeof(h));
+			    "after the record header)",
+			    n, size - sizeof(h));
 	r->stats.bytes += size;
 
 	memcpy(&stored, r->buf + size - sizeof(sum), sizeof(sum));
@@ -679,7 +682,8 @@ static int read_record(struct stream_reader *r, struct stream_rec *rec,
 	if (sum != stored)
 		return fail(r, -EBADMSG, where,
 			    "checksum mismatch (stored 0x%016llx, computed "
-			    "0x%016llx)", (unsigned long long)stored,
+			    "0x%016llx)",
+			    (unsigned long long)stored,
 			    (unsigned long long)sum);
 	for (size_t i = 0; i < pad; i++) {
 		unsigned char b = r->buf[sizeof(h) + h.length + i];
@@ -704,8 +708,8 @@ int stream_next(struct stream_reader *r, struct stream_rec *rec)
 		return r->err;
 	if (r->state == SR_NEW || r->state == SR_ENDED)
 		return fail(r, -EINVAL, "stream_next",
-			    r->state == SR_NEW ? "called before the header" :
-						 "called after END");
+			    r->state == SR_NEW ? "called before the header"
+					       : "called after END");
 	for (;;) {
 		err = read_record(r, rec, &ri);
 		if (err)
@@ -714,13 +718,14 @@ int stream_next(struct stream_reader *r, struct stream_rec *rec)
 			return stream_rec_fail(r, rec, -EOPNOTSUPP,
 					       "reserved record (%s), not "
 					       "supported by a %u.%u reader",
-					       ri->name, FT_STREAM_VERSION_MAJOR,
+					       ri->name,
+					       FT_STREAM_VERSION_MAJOR,
 					       FT_STREAM_VERSION_MINOR);
 		if (ri && ri->type != rec->type)
 			return stream_rec_fail(r, rec, -EINVAL,
 					       "type 0x%08x: %s is allocated "
-					       "as 0x%08x", rec->type, ri->name,
-					       ri->type);
+					       "as 0x%08x",
+					       rec->type, ri->name, ri->type);
 		if (!ri && !(rec->type & REC_F_OPTIONAL))
 			return stream_rec_fail(r, rec, -EOPNOTSUPP,
 					       "unknown mandatory record");
@@ -736,11 +741,11 @@ int stream_next(struct stream_reader *r, struct stream_rec *rec)
 	switch (rec->type) {
 	case REC_DOMAIN:
 		if (r->state != SR_DOMAIN)
-			return stream_rec_fail(r, rec, -EINVAL,
-					       "duplicate DOMAIN (first was "
-					       "record #%llu)",
-					       (unsigned long long)
-						       r->domain_index);
+			return stream_rec_fail(
+				r, rec, -EINVAL,
+				"duplicate DOMAIN (first was "
+				"record #%llu)",
+				(unsigned long long)r->domain_index);
 		err = check_domain(r, rec);
 		if (!err)
 			r->state = SR_BODY;
@@ -784,14 +789,80 @@ int stream_expect_eof(struct stream_reader *r)
 	return fail(r, -EINVAL, where, "record after END");
 }
 
-/* Check a PAGE_BATCH's header and every descriptor; *count gets the
- * number of pages. */
+enum lz4_verdict { LZ4_OK, LZ4_CORRUPT, LZ4_SIZE, LZ4_END_RULES };
+
+/*
+ * Check the LZ4 block p[0..len) against docs/stream-format.md
+ * (PAGE_BATCH, LZ4) without decoding it: well-formed sequences, match
+ * offsets within the output so far, a literals-only last sequence ending
+ * exactly at len, an output of exactly one page (*total gets its size),
+ * and the end-of-block rules.  liblz4's decoder is memory-safe but takes
+ * some blocks the format forbids (offset 0, for one), so this comes first.
+ */
+static enum lz4_verdict lz4_check(const unsigned char *p, uint32_t len,
+				  uint64_t *total)
+{
+	uint64_t out = 0, lit, ml, last_match = 0;
+	bool matched = false;
+	uint32_t i = 0, off;
+	unsigned char b;
+
+	for (;;) {
+		if (i >= len)
+			return LZ4_CORRUPT; /* ends with a match */
+		b = p[i++];
+		lit = b >> 4;
+		ml = b & 15;
+		if (lit == 15)
+			do {
+				if (i >= len)
+					return LZ4_CORRUPT;
+				b = p[i++];
+				lit += b;
+			} while (b == 255);
+		if (lit > len - i)
+			return LZ4_CORRUPT;
+		i += (uint32_t)lit;
+		out += lit;
+		if (i == len)
+			break;
+		if (len - i < 2)
+			return LZ4_CORRUPT;
+		off = p[i] | (uint32_t)p[i + 1] << 8;
+		i += 2;
+		if (!off || off > out)
+			return LZ4_CORRUPT;
+		if (ml == 15)
+			do {
+				if (i >= len)
+					return LZ4_CORRUPT;
+				b = p[i++];
+				ml += b;
+			} while (b == 255);
+		last_match = out;
+		matched = true;
+		out += ml + 4;
+	}
+	*total = out;
+	if (out != FT_PAGE_SIZE)
+		return LZ4_SIZE;
+	/* The last 5 bytes are literals; the last match starts at least
+	 * 12 bytes before the end. */
+	if (lit < 5 || (matched && last_match + 12 > out))
+		return LZ4_END_RULES;
+	return LZ4_OK;
+}
+
+/* Check a PAGE_BATCH's header, every descriptor and every LZ4 block;
+ * *count gets the number of pages. */
 static int check_batch(struct stream_reader *r, const struct stream_rec *rec,
 		       uint32_t *count)
 {
 	const unsigned char *body = rec->body;
 	uint64_t nr_pfns = r->domain.mem_size >> r->hdr.page_shift;
+	const unsigned char *data;
 	struct ft_rec_page_batch bh;
+	struct ft_page_desc d;
 	uint64_t data_len, total = 0;
 
 	if (rec->type != REC_PAGE_BATCH)
@@ -814,20 +885,19 @@ static int check_batch(struct stream_reader *r, const struct stream_rec *rec,
 		   (uint64_t)bh.count * sizeof(struct ft_page_desc);
 
 	for (uint32_t i = 0; i < bh.count; i++) {
-		struct ft_page_desc d;
-
 		memcpy(&d, body + sizeof(bh) + i * sizeof(d), sizeof(d));
 		if (d.pfn >= nr_pfns)
-			return stream_rec_fail(r, rec, -EINVAL,
-					       "page %u pfn 0x%llx beyond guest "
-					       "RAM (%llu pages)", i,
-					       (unsigned long long)d.pfn,
-					       (unsigned long long)nr_pfns);
+			return stream_rec_fail(
+				r, rec, -EINVAL,
+				"page %u pfn 0x%llx beyond guest "
+				"RAM (%llu pages)",
+				i, (unsigned long long)d.pfn,
+				(unsigned long long)nr_pfns);
 		if (d.reserved)
 			return stream_rec_fail(r, rec, -EINVAL,
 					       "page %u pfn 0x%llx: reserved "
-					       "field not zero (0x%x)", i,
-					       (unsigned long long)d.pfn,
+					       "field not zero (0x%x)",
+					       i, (unsigned long long)d.pfn,
 					       d.reserved);
 		switch (d.enc) {
 		case FT_PAGE_RAW:
@@ -835,34 +905,37 @@ static int check_batch(struct stream_reader *r, const struct stream_rec *rec,
 				break;
 			return stream_rec_fail(r, rec, -EINVAL,
 					       "page %u pfn 0x%llx: RAW length "
-					       "%u, not %u", i,
-					       (unsigned long long)d.pfn, d.len,
-					       FT_PAGE_SIZE);
+					       "%u, not %u",
+					       i, (unsigned long long)d.pfn,
+					       d.len, FT_PAGE_SIZE);
 		case FT_PAGE_ZERO:
 			if (!d.len)
 				break;
-			return stream_rec_fail(r, rec, -EINVAL,
-					       "page %u pfn 0x%llx: ZERO length "
-					       "%u, not 0", i,
-					       (unsigned long long)d.pfn, d.len);
+			return stream_rec_fail(
+				r, rec, -EINVAL,
+				"page %u pfn 0x%llx: ZERO length "
+				"%u, not 0",
+				i, (unsigned long long)d.pfn, d.len);
 		case FT_PAGE_LZ4:
 			if (d.len && d.len < FT_PAGE_SIZE)
 				break;
 			return stream_rec_fail(r, rec, -EINVAL,
 					       "page %u pfn 0x%llx: LZ4 length "
-					       "%u outside 1..%u", i,
-					       (unsigned long long)d.pfn, d.len,
-					       FT_PAGE_SIZE - 1);
+					       "%u outside 1..%u",
+					       i, (unsigned long long)d.pfn,
+					       d.len, FT_PAGE_SIZE - 1);
 		case FT_PAGE_XOR:
-			return stream_rec_fail(r, rec, -EOPNOTSUPP,
-					       "page %u pfn 0x%llx: XOR encoding "
-					       "is reserved", i,
-					       (unsigned long long)d.pfn);
+			return stream_rec_fail(
+				r, rec, -EOPNOTSUPP,
+				"page %u pfn 0x%llx: XOR encoding "
+				"is reserved",
+				i, (unsigned long long)d.pfn);
 		default:
 			return stream_rec_fail(r, rec, -EINVAL,
 					       "page %u pfn 0x%llx: unknown "
-					       "encoding %u", i,
-					       (unsigned long long)d.pfn, d.enc);
+					       "encoding %u",
+					       i, (unsigned long long)d.pfn,
+					       d.enc);
 		}
 		total += d.len;
 	}
@@ -872,6 +945,41 @@ static int check_batch(struct stream_reader *r, const struct stream_rec *rec,
 				       "record holds %llu",
 				       (unsigned long long)total,
 				       (unsigned long long)data_len);
+
+	data = body + sizeof(bh) +
+	       (size_t)bh.count * sizeof(struct ft_page_desc);
+	for (uint32_t i = 0; i < bh.count; data += d.len, i++) {
+		uint64_t out = 0;
+
+		memcpy(&d, body + sizeof(bh) + i * sizeof(d), sizeof(d));
+		if (d.enc != FT_PAGE_LZ4)
+			continue;
+		switch (lz4_check(data, d.len, &out)) {
+		case LZ4_OK:
+			continue;
+		case LZ4_CORRUPT:
+			return stream_rec_fail(
+				r, rec, -EINVAL,
+				"page %u pfn 0x%llx: LZ4 data (%u "
+				"bytes) is corrupt",
+				i, (unsigned long long)d.pfn, d.len);
+		case LZ4_SIZE:
+			return stream_rec_fail(
+				r, rec, -EINVAL,
+				"page %u pfn 0x%llx: LZ4 data (%u "
+				"bytes) decodes to %llu bytes, "
+				"not %u",
+				i, (unsigned long long)d.pfn, d.len,
+				(unsigned long long)out, FT_PAGE_SIZE);
+		case LZ4_END_RULES:
+			return stream_rec_fail(
+				r, rec, -EINVAL,
+				"page %u pfn 0x%llx: LZ4 data (%u "
+				"bytes) breaks the end-of-block "
+				"rules",
+				i, (unsigned long long)d.pfn, d.len);
+		}
+	}
 	*count = bh.count;
 	return 0;
 }
@@ -900,16 +1008,17 @@ int stream_decode_pages(struct stream_reader *r, const struct stream_rec *rec,
 			page = zero_page;
 			r->stats.pages_zero++;
 		} else if (d.enc == FT_PAGE_LZ4) {
-			n = LZ4_decompress_safe((const char *)p, (char *)r->page,
-						(int)d.len, FT_PAGE_SIZE);
+			/* lz4_check passed it: liblz4 disagreeing would
+			 * be a bug in one of the two. */
+			n = LZ4_decompress_safe((const char *)p,
+						(char *)r->page, (int)d.len,
+						FT_PAGE_SIZE);
 			if (n != FT_PAGE_SIZE)
 				return stream_rec_fail(
 					r, rec, -EINVAL,
 					"page %u pfn 0x%llx: LZ4 data (%u "
-					"bytes) %s", i,
-					(unsigned long long)d.pfn, d.len,
-					n < 0 ? "is corrupt" :
-						"decodes to less than a page");
+					"bytes) rejected by liblz4 (%d)",
+					i, (unsigned long long)d.pfn, d.len, n);
 			page = r->page;
 			r->stats.pages_lz4++;
 		} else {

@@ -63,8 +63,8 @@ struct stream_writer {
 	enum stream_compress comp;
 	enum { SW_NEW, SW_OPEN, SW_ENDED } state;
 	struct XXH64_state_s *xs; /* record checksum, streamed */
-	void *lz4;                /* LZ4 compression state */
-	unsigned char *batch;     /* one PAGE_BATCH record, framed */
+	void *lz4;		  /* LZ4 compression state */
+	unsigned char *batch;	  /* one PAGE_BATCH record, framed */
 };
 
 /*
@@ -73,8 +73,8 @@ struct stream_writer {
  * Return 0, -EINVAL (unknown flag or compression) or -ENOMEM.
  * On success the caller calls stream_writer_fini once.
  */
-int stream_writer_init(struct stream_writer *w, struct chan *c,
-		       uint32_t flags, enum stream_compress comp);
+int stream_writer_init(struct stream_writer *w, struct chan *c, uint32_t flags,
+		       enum stream_compress comp);
 
 /* Free what `w` holds.  Writes nothing: an unfinished stream stays so. */
 void stream_writer_fini(struct stream_writer *w);
@@ -117,9 +117,9 @@ int stream_write_end(struct stream_writer *w);
 
 struct stream_rec {
 	uint32_t type;
-	uint32_t len;     /* body bytes */
+	uint32_t len;	  /* body bytes */
 	const void *body; /* reader-owned, valid until the next stream_next */
-	uint64_t index;   /* record number, from 0 */
+	uint64_t index;	  /* record number, from 0 */
 	uint64_t offset;  /* stream offset of the record header */
 };
 
@@ -131,12 +131,12 @@ struct stream_reader {
 
 	struct chan *chan;
 	enum { SR_NEW, SR_DOMAIN, SR_BODY, SR_ENDED } state;
-	uint64_t domain_index;      /* record number of DOMAIN */
-	uint64_t vcpus_seen;        /* bit i: vCPU i was sent */
-	unsigned char *buf;         /* current record, framed */
+	uint64_t domain_index; /* record number of DOMAIN */
+	uint64_t vcpus_seen;   /* bit i: vCPU i was sent */
+	unsigned char *buf;    /* current record, framed */
 	size_t buf_size;
-	unsigned char *page;        /* LZ4 output */
-	int err;                    /* sticky */
+	unsigned char *page; /* LZ4 output */
+	int err;	     /* sticky */
 	char msg[256];
 };
 
@@ -181,12 +181,11 @@ typedef int (*stream_page_cb)(void *ctx, uint64_t pfn, const void *page);
 /*
  * Check the PAGE_BATCH `rec` (from stream_next on `r`) in full: count,
  * reserved fields, every descriptor (pfn below the domain's page count,
- * encoding, length) and the total data length.  Only then decode the
- * pages in order and call cb(ctx, pfn, page) for each with FT_PAGE_SIZE
- * bytes valid during the call.  A page that fails to decode stops the
- * walk with -EINVAL after the pages before it were passed to cb.
- * Return 0, -EINVAL, -EOPNOTSUPP (XOR encoding) or cb's non-zero result
- * (which does not make `r` fail).
+ * encoding, length), the total data length and the structure and size of
+ * every LZ4 block.  Only then decode the pages in order and call
+ * cb(ctx, pfn, page) for each, with FT_PAGE_SIZE bytes valid during the
+ * call.  Return 0, -EINVAL, -EOPNOTSUPP (XOR encoding) or cb's non-zero
+ * result (which does not make `r` fail).
  */
 int stream_decode_pages(struct stream_reader *r, const struct stream_rec *rec,
 			stream_page_cb cb, void *ctx);

@@ -18,21 +18,23 @@ _Static_assert(FT_DEVICE_BLOB_MAX == HV_DEV_BLOB_MAX, "blob limits differ");
 
 /* Where each segment register lives in the wire and the hv structs. */
 #define SEG(x)                                                                 \
-	{ #x, offsetof(struct ft_rec_vcpu_x86, x),                             \
-	  offsetof(struct hv_vcpu_state, x) }
+	{                                                                      \
+#x, offsetof(struct ft_rec_vcpu_x86, x),                       \
+			offsetof(struct hv_vcpu_state, x)                      \
+	}
 static const struct seg_map {
 	const char *name;
 	size_t wire, hv;
-} segs[] = { SEG(cs), SEG(ds), SEG(es), SEG(fs),
-	     SEG(gs), SEG(ss), SEG(tr), SEG(ldt) };
+} segs[] = {SEG(cs), SEG(ds), SEG(es), SEG(fs),
+	    SEG(gs), SEG(ss), SEG(tr), SEG(ldt)};
 #define NR_SEGS (sizeof(segs) / sizeof(segs[0]))
 
 /* True if every attribute of `s` is in range and its reserved byte 0. */
 static bool wire_seg_ok(const struct ft_wire_seg *s)
 {
-	return s->type <= 0xf && s->dpl <= 3 && s->present <= 1 &&
-	       s->db <= 1 && s->s <= 1 && s->l <= 1 && s->g <= 1 &&
-	       s->avl <= 1 && s->unusable <= 1 && !s->reserved;
+	return s->type <= 0xf && s->dpl <= 3 && s->present <= 1 && s->db <= 1 &&
+	       s->s <= 1 && s->l <= 1 && s->g <= 1 && s->avl <= 1 &&
+	       s->unusable <= 1 && !s->reserved;
 }
 
 int stream_write_vcpu(struct stream_writer *w, uint32_t id,
@@ -66,8 +68,8 @@ int stream_write_vcpu(struct stream_writer *w, uint32_t id,
 
 	if (id >= FT_MAX_VCPUS || st->xsave_len > FT_XSAVE_MAX) {
 		log_err("stream writer: vCPU %u with %u bytes of XSAVE area "
-			"(limits: id < %u, %u bytes)", id, st->xsave_len,
-			FT_MAX_VCPUS, FT_XSAVE_MAX);
+			"(limits: id < %u, %u bytes)",
+			id, st->xsave_len, FT_MAX_VCPUS, FT_XSAVE_MAX);
 		return -EINVAL;
 	}
 	memcpy(v.gpr, st->gpr, sizeof(v.gpr));
@@ -97,9 +99,9 @@ int stream_write_vcpu(struct stream_writer *w, uint32_t id,
 			return -EINVAL;
 		}
 	}
-	iov[0] = (struct iovec){ .iov_base = &v, .iov_len = sizeof(v) };
-	iov[1] = (struct iovec){ .iov_base = (void *)st->xsave,
-				 .iov_len = st->xsave_len };
+	iov[0] = (struct iovec){.iov_base = &v, .iov_len = sizeof(v)};
+	iov[1] = (struct iovec){.iov_base = (void *)st->xsave,
+				.iov_len = st->xsave_len};
 	return stream_write_recordv(w, REC_VCPU_X86, iov, 2);
 }
 
@@ -111,7 +113,8 @@ int stream_decode_vcpu(struct stream_reader *r, const struct stream_rec *rec,
 	if (r->err)
 		return r->err;
 	if (rec->type != REC_VCPU_X86 || rec->len < sizeof(v))
-		return stream_rec_fail(r, rec, -EINVAL, "not a VCPU_X86 record");
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "not a VCPU_X86 record");
 	memcpy(&v, rec->body, sizeof(v));
 	if (v.xsave_len > HV_XSAVE_MAX || rec->len != sizeof(v) + v.xsave_len)
 		return stream_rec_fail(r, rec, -EINVAL,
@@ -132,9 +135,10 @@ int stream_decode_vcpu(struct stream_reader *r, const struct stream_rec *rec,
 				"vCPU %u segment %s: attribute out of range or "
 				"reserved byte set (type %u present %u dpl %u "
 				"db %u s %u l %u g %u avl %u unusable %u "
-				"reserved %u)", v.vcpu_id, segs[i].name, s->type,
-				s->present, s->dpl, s->db, s->s, s->l, s->g,
-				s->avl, s->unusable, s->reserved);
+				"reserved %u)",
+				v.vcpu_id, segs[i].name, s->type, s->present,
+				s->dpl, s->db, s->s, s->l, s->g, s->avl,
+				s->unusable, s->reserved);
 	}
 
 	memset(st, 0, sizeof(*st));
@@ -161,8 +165,8 @@ int stream_decode_vcpu(struct stream_reader *r, const struct stream_rec *rec,
 			.unusable = ws->unusable,
 		};
 	}
-	st->gdt = (struct hv_dtable){ .base = v.gdt_base, .limit = v.gdt_limit };
-	st->idt = (struct hv_dtable){ .base = v.idt_base, .limit = v.idt_limit };
+	st->gdt = (struct hv_dtable){.base = v.gdt_base, .limit = v.gdt_limit};
+	st->idt = (struct hv_dtable){.base = v.idt_base, .limit = v.idt_limit};
 	st->cr0 = v.cr0;
 	st->cr2 = v.cr2;
 	st->cr3 = v.cr3;
@@ -193,14 +197,14 @@ int stream_write_device(struct stream_writer *w, const struct hv_dev_rec *dev)
 		.len = dev->len,
 	};
 	struct iovec iov[2] = {
-		{ .iov_base = &d, .iov_len = sizeof(d) },
-		{ .iov_base = (void *)dev->data, .iov_len = dev->len },
+		{.iov_base = &d, .iov_len = sizeof(d)},
+		{.iov_base = (void *)dev->data, .iov_len = dev->len},
 	};
 
 	if (dev->len > FT_DEVICE_BLOB_MAX) {
 		log_err("stream writer: device type %u instance %u: blob of "
-			"%u bytes exceeds the limit %u", dev->type,
-			dev->instance, dev->len, FT_DEVICE_BLOB_MAX);
+			"%u bytes exceeds the limit %u",
+			dev->type, dev->instance, dev->len, FT_DEVICE_BLOB_MAX);
 		return -E2BIG;
 	}
 	return stream_write_recordv(w, REC_DEVICE, iov, 2);

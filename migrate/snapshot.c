@@ -146,7 +146,7 @@ static int restore_page(void *ctx, uint64_t pfn, const void *page)
 }
 
 int snap_restore(const struct hv_ops *ops, const void *cfg, struct chan *c,
-		 struct hv_domain **out)
+		 bool whole, struct hv_domain **out)
 {
 	struct stream_reader r;
 	struct ft_stream_hdr hdr;
@@ -196,6 +196,11 @@ int snap_restore(const struct hv_ops *ops, const void *cfg, struct chan *c,
 				err = ops->dev_load(rc.d, &dev);
 			break;
 		case REC_END:
+			if (whole) {
+				err = stream_expect_eof(&r);
+				if (err)
+					break;
+			}
 			*out = rc.d;
 			rc.d = NULL;
 			goto out_fini;

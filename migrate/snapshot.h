@@ -7,6 +7,7 @@
 #ifndef SNAPSHOT_H
 #define SNAPSHOT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "channel.h"
@@ -27,10 +28,12 @@ int snap_save(const struct hv_ops *ops, struct hv_domain *d, struct chan *c,
 	      struct snap_stats *stats);
 
 /* Read a stream from `c`, validating every record, and create a paused
- * domain from it with `ops->create(info, cfg)`.  On success *out owns the
- * domain; on any error nothing is left behind (the half-built domain is
- * destroyed) and the reason, naming the record, is logged. */
+ * domain from it with `ops->create(info, cfg)`.  With `whole`, the channel
+ * must end right after END (a file holds exactly one stream).  On success
+ * *out owns the domain; on any error nothing is left behind (the
+ * half-built domain is destroyed) and the reason, naming the record, is
+ * logged. */
 int snap_restore(const struct hv_ops *ops, const void *cfg, struct chan *c,
-		 struct hv_domain **out);
+		 bool whole, struct hv_domain **out);
 
 #endif /* SNAPSHOT_H */

@@ -22,6 +22,45 @@ struct kvm_cfg {
 	int console_fd; /* guest console output goes here (not owned) */
 };
 
+/*
+ * Dirty-page logging mechanisms (hv/kvm/kvm_dirty.c describes them;
+ * docs/performance.md measures them).  All honour the same hv_ops
+ * dirty_log / dirty_fetch contract.
+ */
+enum kvm_dirty_mech {
+	KVM_DIRTY_AUTO,        /* the ring if the host has it, else bitmap  */
+	KVM_DIRTY_BITMAP,      /* classic KVM_GET_DIRTY_LOG                 */
+	KVM_DIRTY_MANUAL,      /* MANUAL_DIRTY_LOG_PROTECT2: GET + CLEAR    */
+	KVM_DIRTY_MANUAL_INIT, /* the same with KVM_DIRTY_LOG_INITIALLY_SET */
+	KVM_DIRTY_RING,        /* KVM_CAP_DIRTY_LOG_RING(_ACQ_REL)          */
+};
+
+/* Creation-time options; a zeroed struct means the defaults. */
+struct kvm_create_opts {
+	enum kvm_dirty_mech dirty;
+	uint32_t ring_entries; /* KVM_DIRTY_RING/AUTO: power of two; 0: the
+				* default (65536, or the host's maximum) */
+};
+
+/* As kvm_hv_ops.create, with `opts` (NULL: defaults).  A mechanism asked
+ * for by name that the host lacks fails with -EOPNOTSUPP (AUTO falls back
+ * to the bitmap instead). */
+int kvm_create_opts(const struct hv_dom_info *info, const struct kvm_cfg *cfg,
+		    const struct kvm_create_opts *opts, struct hv_domain **out);
+
+struct kvm_dirty_info {
+	enum kvm_dirty_mech mech;  /* the one in use, never AUTO */
+	uint32_t ring_entries;     /* KVM_DIRTY_RING only */
+	uint64_t ring_full_exits;  /* KVM_EXIT_DIRTY_RING_FULL so far */
+	uint64_t ring_full_ns;     /* vCPU thread time spent on them */
+};
+
+/* The dirty-logging mechanism of `d` and its counters.  Any thread. */
+void kvm_dirty_get_info(struct hv_domain *d, struct kvm_dirty_info *info);
+
+/* "bitmap", "manual", "manual-init", "ring", "auto". */
+const char *kvm_dirty_mech_name(enum kvm_dirty_mech m);
+
 /* Load the static ELF `image` into the freshly created domain `d` (paused,
  * never run), build the system area (page tables, GDT, TSS, IDT, boot info
  * with `cmdline`) and put the vCPU at the entry point.  Every ELF field is

@@ -67,8 +67,18 @@ struct hv_domain {
 	atomic_uint_fast64_t exits, hypercalls;
 
 	struct kvm_clock clock;      /* vCPU thread, or lock holder when paused */
-	bool dirty_on;
-	uint64_t *dirty_buf;         /* scratch bitmap for KVM_GET_DIRTY_LOG */
+	/* kvm_dirty.c */
+	enum kvm_dirty_mech dirty_mech; /* fixed at creation, never AUTO */
+	pthread_mutex_t dirty_lock;  /* ring harvests: vCPU thread vs fetch */
+	bool dirty_on;               /* dirty_lock */
+	uint64_t *dirty_buf;         /* bitmap, manual: KVM_GET_DIRTY_LOG's */
+	struct kvm_dirty_gfn *ring;  /* ring: the vCPU's, mmapped */
+	uint32_t ring_entries;
+	uint32_t ring_next;          /* dirty_lock: next entry to harvest */
+	uint64_t *ring_acc;          /* dirty_lock: harvested on ring-full
+				      * exits, not yet fetched */
+	uint64_t ring_acc_n;         /* dirty_lock: entries put in ring_acc */
+	atomic_uint_fast64_t ring_full_exits, ring_full_ns;
 };
 
 /* kvm_vm.c */
@@ -79,6 +89,19 @@ uint64_t kvm_host_ns(int clock_id);
 /* kvm_hc.c: handle one KVM_EXIT_IO; returns false if the vCPU must stop. */
 bool kvm_hc_io(struct hv_domain *d);
 uint64_t kvm_clock_mono(struct hv_domain *d);
+
+/* kvm_dirty.c */
+/* Pick and enable the mechanism; before the vCPU is created. */
+int kvm_dirty_init_vm(struct hv_domain *d, const struct kvm_create_opts *o);
+/* Map the vCPU's dirty ring (ring only); right after vCPU creation. */
+int kvm_dirty_init_vcpu(struct hv_domain *d);
+void kvm_dirty_fini(struct hv_domain *d);
+/* hv_ops.dirty_log and hv_ops.dirty_fetch. */
+int kvm_dirty_set(struct hv_domain *d, bool on);
+int kvm_dirty_fetch(struct hv_domain *d, uint64_t *bitmap, uint64_t nr_pfns);
+/* vCPU thread, on KVM_EXIT_DIRTY_RING_FULL: harvest and reset the ring.
+ * Returns false (crash reported) if that fails. */
+bool kvm_dirty_ring_full(struct hv_domain *d);
 
 /* kvm_cpu.c */
 int kvm_cpu_init(struct hv_domain *d);

@@ -9,6 +9,8 @@
  * KVM_RUN is entered).  The vCPU thread then completes any pending port
  * I/O with one more immediate-exit KVM_RUN, so the saved state is always
  * consistent (rip after the `out`), and parks until unpause().
+ *
+ * Dirty logging lives in kvm_dirty.c.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -101,6 +103,8 @@ static bool handle_exit(struct hv_domain *d)
 		return false;
 	case KVM_EXIT_INTR:
 		return true;
+	case KVM_EXIT_DIRTY_RING_FULL:
+		return kvm_dirty_ring_full(d);
 	default: {
 		char what[64];
 
@@ -214,16 +218,16 @@ static void kvm_destroy(struct hv_domain *d)
 		close(d->wake_fd);
 	if (d->event_fd >= 0)
 		close(d->event_fd);
-	free(d->dirty_buf);
+	kvm_dirty_fini(d);
+	pthread_mutex_destroy(&d->dirty_lock);
 	pthread_mutex_destroy(&d->lock);
 	pthread_cond_destroy(&d->cond);
 	free(d);
 }
 
-static int kvm_create(const struct hv_dom_info *info, const void *cfg,
-		      struct hv_domain **out)
+int kvm_create_opts(const struct hv_dom_info *info, const struct kvm_cfg *kc,
+		    const struct kvm_create_opts *opts, struct hv_domain **out)
 {
-	const struct kvm_cfg *kc = cfg;
 	struct kvm_userspace_memory_region slot = { 0 };
 	struct sigaction sa = { .sa_handler = kick_handler };
 	struct hv_domain *d;
@@ -254,6 +258,7 @@ static int kvm_create(const struct hv_dom_info *info, const void *cfg,
 	d->state = HV_STATE_PAUSED;
 	pthread_mutex_init(&d->lock, NULL);
 	pthread_cond_init(&d->cond, NULL);
+	pthread_mutex_init(&d->dirty_lock, NULL);
 	/* Guest monotonic time starts at 0 now. */
 	d->clock.offset_ns = (int64_t)kvm_host_ns(CLOCK_MONOTONIC);
 
@@ -270,6 +275,9 @@ static int kvm_create(const struct hv_dom_info *info, const void *cfg,
 		log_err("KVM_CREATE_VM: %s", strerror(errno));
 		goto fail;
 	}
+	err = kvm_dirty_init_vm(d, opts);
+	if (err)
+		goto fail;
 	d->mem = mmap(NULL, d->mem_size, PROT_READ | PROT_WRITE,
 		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (d->mem == MAP_FAILED) {
@@ -303,6 +311,9 @@ static int kvm_create(const struct hv_dom_info *info, const void *cfg,
 		err = -errno;
 		goto fail;
 	}
+	err = kvm_dirty_init_vcpu(d);
+	if (err)
+		goto fail;
 	err = kvm_cpu_init(d);
 	if (err)
 		goto fail;
@@ -329,6 +340,12 @@ static int kvm_create(const struct hv_dom_info *info, const void *cfg,
 fail:
 	kvm_destroy(d);
 	return err ? err : -EIO;
+}
+
+static int kvm_create(const struct hv_dom_info *info, const void *cfg,
+		      struct hv_domain **out)
+{
+	return kvm_create_opts(info, cfg, NULL, out);
 }
 
 static int kvm_info(struct hv_domain *d, struct hv_dom_info *info)
@@ -383,55 +400,6 @@ static int kvm_status(struct hv_domain *d, struct hv_status *st)
 static int kvm_event_fd(struct hv_domain *d)
 {
 	return d->event_fd;
-}
-
-static int kvm_dirty_log(struct hv_domain *d, bool on)
-{
-	struct kvm_userspace_memory_region slot = {
-		.flags = on ? KVM_MEM_LOG_DIRTY_PAGES : 0,
-		.memory_size = d->mem_size,
-		.userspace_addr = (uint64_t)(uintptr_t)d->mem,
-	};
-	uint64_t words = (d->mem_size / HV_PAGE_SIZE + 63) / 64;
-
-	if (on && !d->dirty_buf) {
-		d->dirty_buf = calloc(words, sizeof(uint64_t));
-		if (!d->dirty_buf)
-			return -ENOMEM;
-	}
-	if (ioctl(d->vm_fd, KVM_SET_USER_MEMORY_REGION, &slot) < 0) {
-		log_err("dirty logging %s: %s", on ? "on" : "off",
-			strerror(errno));
-		return -errno;
-	}
-	d->dirty_on = on;
-	return 0;
-}
-
-static int kvm_dirty_fetch(struct hv_domain *d, uint64_t *bitmap,
-			   uint64_t nr_pfns)
-{
-	struct kvm_dirty_log log = { .slot = 0 };
-	uint64_t words = (d->mem_size / HV_PAGE_SIZE + 63) / 64, i;
-
-	if (!d->dirty_on) {
-		log_err("dirty_fetch with dirty logging off");
-		return -EINVAL;
-	}
-	if (nr_pfns < d->mem_size / HV_PAGE_SIZE) {
-		log_err("dirty_fetch: bitmap of %llu bits for %llu pages",
-			(unsigned long long)nr_pfns,
-			(unsigned long long)(d->mem_size / HV_PAGE_SIZE));
-		return -EINVAL;
-	}
-	log.dirty_bitmap = d->dirty_buf;
-	if (ioctl(d->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0) {
-		log_err("KVM_GET_DIRTY_LOG: %s", strerror(errno));
-		return -errno;
-	}
-	for (i = 0; i < words; i++)
-		bitmap[i] |= d->dirty_buf[i];
-	return 0;
 }
 
 static int kvm_map(struct hv_domain *d, const uint64_t *pfns, unsigned n,
@@ -557,7 +525,7 @@ const struct hv_ops kvm_hv_ops = {
 	.destroy = kvm_destroy,
 	.pause = kvm_pause,
 	.unpause = kvm_unpause,
-	.dirty_log = kvm_dirty_log,
+	.dirty_log = kvm_dirty_set,
 	.dirty_fetch = kvm_dirty_fetch,
 	.map = kvm_map,
 	.unmap = kvm_unmap,

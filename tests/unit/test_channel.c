@@ -22,7 +22,7 @@
 
 static void test_mem(void **state)
 {
-	struct iovec iov[3] = { { "ab", 2 }, { NULL, 0 }, { "cdef", 4 } };
+	struct iovec iov[3] = {{"ab", 2}, {NULL, 0}, {"cdef", 4}};
 	struct chan *c;
 	char buf[16];
 	const char *d;
@@ -79,9 +79,10 @@ static void test_mem_grows(void **state)
 		p[i] = (unsigned char)(i * 7);
 	assert_int_equal(chan_open_mem(&c, NULL, 0, big), 0);
 	for (size_t off = 0; off < big; off += 100000)
-		assert_int_equal(chan_write(c, p + off,
-					    big - off < 100000 ? big - off :
-								 100000), 0);
+		assert_int_equal(
+			chan_write(c, p + off,
+				   big - off < 100000 ? big - off : 100000),
+			0);
 	d = chan_mem_data(c, &n);
 	assert_int_equal(n, big);
 	assert_memory_equal(d, p, big);
@@ -106,7 +107,7 @@ static void test_file(void **state)
 		data[i] = (unsigned char)(i ^ (i >> 8));
 	/* 64 iovecs of 16 KiB each, one write. */
 	for (int i = 0; i <= CHAN_IOV_MAX; i++)
-		iov[i] = (struct iovec){ data + (size_t)i * 16384, 16384 };
+		iov[i] = (struct iovec){data + (size_t)i * 16384, 16384};
 
 	assert_int_equal(chan_open_file(&c, path, O_WRONLY | O_CREAT | O_TRUNC),
 			 0);

@@ -67,7 +67,8 @@ static void dump_file(const char *name, const char *ext, const void *d,
 	snprintf(path, sizeof(path), "%s/%s.%s", dir, name, ext);
 	f = fopen(path, "wb");
 	assert_non_null(f);
-	assert_int_equal(fwrite(d, 1, n, f), n);
+	if (n)
+		assert_int_equal(fwrite(d, 1, n, f), n);
 	assert_int_equal(fclose(f), 0);
 }
 
@@ -120,7 +121,7 @@ static void raw_header(struct buf *b)
 static size_t raw_rec_pad(struct buf *b, uint32_t type, const void *body,
 			  uint32_t len, unsigned char padbyte)
 {
-	struct ft_rec_hdr h = { .type = type, .length = len };
+	struct ft_rec_hdr h = {.type = type, .length = len};
 	size_t off = b->len, pad = (8 - len % 8) % 8;
 	unsigned char padding[8];
 	uint64_t sum;
@@ -142,9 +143,8 @@ static size_t raw_rec(struct buf *b, uint32_t type, const void *body,
 
 static void raw_domain(struct buf *b, uint64_t mem_size, uint32_t nr_vcpus)
 {
-	struct ft_rec_domain d = { .mem_size = mem_size,
-				   .nr_vcpus = nr_vcpus,
-				   .page_size = PG };
+	struct ft_rec_domain d = {
+		.mem_size = mem_size, .nr_vcpus = nr_vcpus, .page_size = PG};
 
 	raw_rec(b, REC_DOMAIN, &d, sizeof(d));
 }
@@ -158,8 +158,8 @@ static void raw_start(struct buf *b)
 
 static void raw_vcpu(struct buf *b, uint32_t id)
 {
-	struct ft_rec_vcpu_x86 v = { .vcpu_id = id, .rip = 0x100000,
-				     .rflags = 2 };
+	struct ft_rec_vcpu_x86 v = {
+		.vcpu_id = id, .rip = 0x100000, .rflags = 2};
 
 	raw_rec(b, REC_VCPU_X86, &v, sizeof(v));
 }
@@ -182,15 +182,15 @@ struct pdesc {
 static void raw_batch_ex(struct buf *b, uint32_t count, uint32_t reserved,
 			 const struct pdesc *d, unsigned n)
 {
-	struct ft_rec_page_batch bh = { .count = count, .reserved = reserved };
-	struct buf body = { 0 };
+	struct ft_rec_page_batch bh = {.count = count, .reserved = reserved};
+	struct buf body = {0};
 
 	buf_put(&body, &bh, sizeof(bh));
 	for (unsigned i = 0; i < n; i++) {
-		struct ft_page_desc w = { .pfn = d[i].pfn,
-					  .enc = d[i].enc,
-					  .reserved = d[i].reserved,
-					  .len = d[i].len };
+		struct ft_page_desc w = {.pfn = d[i].pfn,
+					 .enc = d[i].enc,
+					 .reserved = d[i].reserved,
+					 .len = d[i].len};
 
 		buf_put(&body, &w, sizeof(w));
 	}
@@ -339,8 +339,7 @@ static void writer_open(struct stream_writer *w, struct chan **c,
 }
 
 /* Copy what the writer produced into b and close both. */
-static void writer_close(struct stream_writer *w, struct chan *c,
-			 struct buf *b)
+static void writer_close(struct stream_writer *w, struct chan *c, struct buf *b)
 {
 	size_t n;
 	const void *d = chan_mem_data(c, &n);
@@ -354,8 +353,8 @@ static void writer_close(struct stream_writer *w, struct chan *c,
 static void vcpu_state(struct hv_vcpu_state *st, unsigned seed,
 		       uint32_t xsave_len)
 {
-	struct hv_seg *segs[] = { &st->cs, &st->ds, &st->es, &st->fs,
-				  &st->gs, &st->ss, &st->tr, &st->ldt };
+	struct hv_seg *segs[] = {&st->cs, &st->ds, &st->es, &st->fs,
+				 &st->gs, &st->ss, &st->tr, &st->ldt};
 
 	memset(st, 0, sizeof(*st));
 	for (int i = 0; i < 16; i++)
@@ -363,20 +362,20 @@ static void vcpu_state(struct hv_vcpu_state *st, unsigned seed,
 	st->rip = 0x100000 + seed;
 	st->rflags = 0x202;
 	for (unsigned i = 0; i < 8; i++)
-		*segs[i] = (struct hv_seg){ .base = 0x1000 * i,
-					    .limit = 0xfffff,
-					    .selector = (uint16_t)(8 * i),
-					    .type = (uint8_t)(i + 3),
-					    .present = 1,
-					    .dpl = (uint8_t)(i % 4),
-					    .db = i & 1,
-					    .s = 1,
-					    .l = !(i & 1),
-					    .g = 1,
-					    .avl = i == 2,
-					    .unusable = i == 7 };
-	st->gdt = (struct hv_dtable){ .base = 0x5000, .limit = 0x7f };
-	st->idt = (struct hv_dtable){ .base = 0x6000, .limit = 0xfff };
+		*segs[i] = (struct hv_seg){.base = 0x1000 * i,
+					   .limit = 0xfffff,
+					   .selector = (uint16_t)(8 * i),
+					   .type = (uint8_t)(i + 3),
+					   .present = 1,
+					   .dpl = (uint8_t)(i % 4),
+					   .db = i & 1,
+					   .s = 1,
+					   .l = !(i & 1),
+					   .g = 1,
+					   .avl = i == 2,
+					   .unusable = i == 7};
+	st->gdt = (struct hv_dtable){.base = 0x5000, .limit = 0x7f};
+	st->idt = (struct hv_dtable){.base = 0x6000, .limit = 0xfff};
 	st->cr0 = 0x80050033;
 	st->cr2 = seed;
 	st->cr3 = 0x2000;
@@ -466,10 +465,12 @@ static void build_full(struct full *f, enum stream_compress comp)
 {
 	static const char note[] = "test_stream";
 	unsigned char opt[13] = "optional!!!!";
-	struct hv_dev_rec dev = { .type = HV_DEV_NET, .instance = 0,
-				  .version = 3, .len = sizeof(f->blob),
-				  .data = f->blob };
-	struct hv_dev_rec empty = { .type = HV_DEV_CLOCK, .version = 1 };
+	struct hv_dev_rec dev = {.type = HV_DEV_NET,
+				 .instance = 0,
+				 .version = 3,
+				 .len = sizeof(f->blob),
+				 .data = f->blob};
+	struct hv_dev_rec empty = {.type = HV_DEV_CLOCK, .version = 1};
 	uint64_t pfns[MEM_PAGES];
 	void *pages[MEM_PAGES];
 	struct stream_writer w;
@@ -502,15 +503,15 @@ static void build_full(struct full *f, enum stream_compress comp)
 
 	writer_open(&w, &c, comp);
 	assert_int_equal(stream_write_domain(&w, MEM_PAGES * PG, 2), 0);
-	assert_int_equal(stream_write_record(&w, REC_NOTE, note,
-					     sizeof(note) - 1), 0);
-	assert_int_equal(stream_write_pages(&w, pfns, pages, MEM_PAGES / 2),
+	assert_int_equal(
+		stream_write_record(&w, REC_NOTE, note, sizeof(note) - 1), 0);
+	assert_int_equal(stream_write_pages(&w, pfns, pages, MEM_PAGES / 2), 0);
+	assert_int_equal(stream_write_record(&w, 0x80001234u, opt, sizeof(opt)),
 			 0);
-	assert_int_equal(stream_write_record(&w, 0x80001234u, opt,
-					     sizeof(opt)), 0);
 	assert_int_equal(stream_write_pages(&w, pfns + MEM_PAGES / 2,
 					    pages + MEM_PAGES / 2,
-					    MEM_PAGES / 2), 0);
+					    MEM_PAGES / 2),
+			 0);
 	assert_int_equal(stream_write_vcpu(&w, 1, &f->vcpu[1]), 0);
 	assert_int_equal(stream_write_device(&w, &dev), 0);
 	assert_int_equal(stream_write_vcpu(&w, 0, &f->vcpu[0]), 0);
@@ -577,8 +578,8 @@ static void test_roundtrip_lz4(void **state)
 /* A device blob at its limit, and a page batch of the maximum size. */
 static void test_roundtrip_limits(void **state)
 {
-	struct hv_dev_rec dev = { .type = HV_DEV_BLOCK,
-				  .len = FT_DEVICE_BLOB_MAX };
+	struct hv_dev_rec dev = {.type = HV_DEV_BLOCK,
+				 .len = FT_DEVICE_BLOB_MAX};
 	struct hv_vcpu_state *vs = malloc(sizeof(*vs));
 	unsigned char *big = calloc(1, FT_DEVICE_BLOB_MAX);
 	unsigned char *ram = malloc((size_t)FT_PAGE_BATCH_MAX * PG);
@@ -587,7 +588,7 @@ static void test_roundtrip_limits(void **state)
 	struct stream_reader r;
 	struct stream_writer w;
 	struct stream_rec rec;
-	struct buf b = { 0 };
+	struct buf b = {0};
 	struct chan *c;
 
 	assert_non_null(vs);
@@ -602,8 +603,8 @@ static void test_roundtrip_limits(void **state)
 	dev.data = big;
 	writer_open(&w, &c, STREAM_COMP_NONE);
 	assert_int_equal(stream_write_domain(&w, FT_MEM_SIZE_MAX, 64), 0);
-	assert_int_equal(stream_write_pages(&w, pfns, pages,
-					    FT_PAGE_BATCH_MAX), 0);
+	assert_int_equal(stream_write_pages(&w, pfns, pages, FT_PAGE_BATCH_MAX),
+			 0);
 	assert_int_equal(stream_write_device(&w, &dev), 0);
 	for (uint32_t i = 0; i < 64; i++)
 		assert_int_equal(stream_write_vcpu(&w, i, vs), 0);
@@ -613,16 +614,35 @@ static void test_roundtrip_limits(void **state)
 	assert_int_equal(chan_open_mem(&c, b.p, b.len, b.len), 0);
 	assert_int_equal(stream_reader_init(&r, c), 0);
 	assert_int_equal(stream_read_header(&r, NULL), 0);
-	do {
+	do
 		assert_int_equal(stream_next(&r, &rec), 0);
-		if (rec.type == REC_PAGE_BATCH)
-			assert_int_equal(rec.len, FT_REC_BODY_MAX);
-	} while (rec.type != REC_END);
+	while (rec.type != REC_END);
 	assert_int_equal(stream_expect_eof(&r), 0);
 	assert_int_equal(r.domain.mem_size, FT_MEM_SIZE_MAX);
 	stream_reader_fini(&r);
 	chan_close(c);
 	buf_free(&b);
+
+	/* The largest batch the format allows (the writer's are smaller). */
+	{
+		struct pdesc *d = calloc(FT_PAGE_BATCH_MAX, sizeof(*d));
+		struct sink *s = sink_new();
+
+		assert_non_null(d);
+		for (unsigned i = 0; i < FT_PAGE_BATCH_MAX; i++)
+			d[i] = (struct pdesc){i % MEM_PAGES, FT_PAGE_RAW, 0, PG,
+					      pages[i]};
+		raw_start(&b);
+		raw_batch(&b, d, FT_PAGE_BATCH_MAX);
+		raw_finish(&b);
+		assert_int_equal(b.len, 80 + 16 + FT_REC_BODY_MAX + 528 + 16);
+		assert_int_equal(read_stream(b.p, b.len, s), 0);
+		assert_memory_equal(s->mem[0],
+				    pages[FT_PAGE_BATCH_MAX - MEM_PAGES], PG);
+		buf_free(&b);
+		free(s);
+		free(d);
+	}
 	free(ram);
 	free(big);
 	free(vs);
@@ -633,8 +653,8 @@ static void build_example(struct buf *b)
 {
 	static unsigned char page1[PG];
 	static const unsigned char zero[PG];
-	uint64_t pfns[2] = { 0, 1 };
-	void *pages[2] = { (void *)zero, page1 };
+	uint64_t pfns[2] = {0, 1};
+	void *pages[2] = {(void *)zero, page1};
 	struct hv_vcpu_state *vs = calloc(1, sizeof(*vs));
 	struct stream_writer w;
 	struct chan *c;
@@ -660,7 +680,7 @@ static void build_example(struct buf *b)
 static void test_example(void **state)
 {
 	struct sink *s = sink_new();
-	struct buf b = { 0 };
+	struct buf b = {0};
 
 	build_example(&b);
 	dump_file("good-example", "ftst", b.p, b.len);
@@ -678,7 +698,7 @@ static void test_example(void **state)
 static void test_truncated_everywhere(void **state)
 {
 	struct sink *s = sink_new();
-	struct buf b = { 0 };
+	struct buf b = {0};
 
 	build_example(&b);
 	for (size_t n = 0; n < b.len; n++) {
@@ -695,7 +715,7 @@ static void test_truncated_everywhere(void **state)
 static void test_flip_every_byte(void **state)
 {
 	struct sink *s = sink_new();
-	struct buf b = { 0 };
+	struct buf b = {0};
 
 	build_example(&b);
 	for (size_t i = 0; i < b.len; i++) {
@@ -727,8 +747,8 @@ static void test_flip_each_record(void **state)
 
 	build_full(&f, STREAM_COMP_LZ4);
 	/* Where is each record?  (The reader itself says.) */
-	assert_int_equal(chan_open_mem(&c, f.stream.p, f.stream.len,
-				       f.stream.len), 0);
+	assert_int_equal(
+		chan_open_mem(&c, f.stream.p, f.stream.len, f.stream.len), 0);
 	assert_int_equal(stream_reader_init(&r, c), 0);
 	assert_int_equal(stream_read_header(&r, NULL), 0);
 	do {
@@ -768,7 +788,7 @@ static void test_flip_each_record(void **state)
 static void test_bad_header(void **state)
 {
 	static const char elf[40] = "\177ELF\2\1\1";
-	struct buf b = { 0 };
+	struct buf b = {0};
 
 	expect_reject("empty", &b, -EPIPE,
 		      "header: stream ends after 0 of 40 header bytes");
@@ -829,10 +849,10 @@ static void test_bad_header(void **state)
 static void test_bad_framing(void **state)
 {
 	static const unsigned char five[5] = "hello";
-	struct ft_rec_hdr h = { .type = REC_PAGE_BATCH,
-				.length = FT_REC_BODY_MAX + 1 };
-	struct buf b = { 0 };
-	unsigned char junk[8] = { 0 };
+	struct ft_rec_hdr h = {.type = REC_PAGE_BATCH,
+			       .length = FT_REC_BODY_MAX + 1};
+	struct buf b = {0};
+	unsigned char junk[8] = {0};
 
 	raw_start(&b);
 	raw_rec(&b, REC_NOTE, five, 5);
@@ -864,9 +884,10 @@ static void test_bad_framing(void **state)
 	raw_rec(&b, REC_NOTE, five, 5);
 	b.p[b.len - 1] ^= 0x80;
 	raw_finish(&b);
-	expect_reject("checksum", &b, -EBADMSG,
-		      "record #1 (NOTE) at offset 80: checksum mismatch "
-		      "(stored 0xba5874f3a5b67728, computed 0x3a5874f3a5b67728)");
+	expect_reject(
+		"checksum", &b, -EBADMSG,
+		"record #1 (NOTE) at offset 80: checksum mismatch "
+		"(stored 0xba5874f3a5b67728, computed 0x3a5874f3a5b67728)");
 	buf_free(&b);
 
 	/* Over the cap: rejected from the record header alone. */
@@ -878,7 +899,7 @@ static void test_bad_framing(void **state)
 	buf_free(&b);
 
 	raw_start(&b);
-	h = (struct ft_rec_hdr){ .type = 0x80000042u, .length = 0xffffffffu };
+	h = (struct ft_rec_hdr){.type = 0x80000042u, .length = 0xffffffffu};
 	buf_put(&b, &h, sizeof(h));
 	expect_reject("oversize-optional", &b, -E2BIG,
 		      "record #1 (type 0x80000042) at offset 80: length "
@@ -886,7 +907,7 @@ static void test_bad_framing(void **state)
 	buf_free(&b);
 
 	{
-		unsigned char note[FT_NOTE_MAX + 1] = { 0 };
+		unsigned char note[FT_NOTE_MAX + 1] = {0};
 
 		raw_start(&b);
 		raw_rec(&b, REC_NOTE, note, sizeof(note));
@@ -898,9 +919,10 @@ static void test_bad_framing(void **state)
 
 	raw_start(&b);
 	raw_rec(&b, REC_END, junk, 8);
-	expect_reject("end-body", &b, -E2BIG,
-		      "record #1 (END) at offset 80: length 8 exceeds the limit "
-		      "0");
+	expect_reject(
+		"end-body", &b, -E2BIG,
+		"record #1 (END) at offset 80: length 8 exceeds the limit "
+		"0");
 	buf_free(&b);
 
 	raw_start(&b);
@@ -911,8 +933,8 @@ static void test_bad_framing(void **state)
 		      "mandatory record");
 	buf_free(&b);
 
-	static const uint32_t reserved[] = { REC_CKPT_BEGIN, REC_CKPT_END,
-					     REC_DISK_WRITE, 0x80000006u };
+	static const uint32_t reserved[] = {REC_CKPT_BEGIN, REC_CKPT_END,
+					    REC_DISK_WRITE, 0x80000006u};
 	static const char *const reserved_msg[] = {
 		"record #1 (CKPT_BEGIN) at offset 80: reserved record "
 		"(CKPT_BEGIN), not supported by a 1.0 reader",
@@ -953,7 +975,7 @@ static void test_bad_framing(void **state)
 
 static void test_bad_order(void **state)
 {
-	struct buf b = { 0 };
+	struct buf b = {0};
 
 	raw_header(&b);
 	raw_rec(&b, REC_END, NULL, 0);
@@ -966,9 +988,10 @@ static void test_bad_order(void **state)
 	raw_rec(&b, REC_NOTE, "x", 1);
 	raw_domain(&b, MEM_PAGES * PG, 1);
 	raw_finish(&b);
-	expect_reject("note-first", &b, -EINVAL,
-		      "record #0 (NOTE) at offset 40: DOMAIN missing: the first "
-		      "record must be DOMAIN");
+	expect_reject(
+		"note-first", &b, -EINVAL,
+		"record #0 (NOTE) at offset 40: DOMAIN missing: the first "
+		"record must be DOMAIN");
 	buf_free(&b);
 
 	raw_header(&b);
@@ -1019,32 +1042,46 @@ static void test_bad_domain(void **state)
 		int err;
 		const char *msg;
 	} cases[] = {
-		{ "mem-zero", { 0, 1, PG, 0 }, -EINVAL,
-		  "mem_size 0 is not a positive multiple of the page size "
-		  "4096" },
-		{ "mem-unaligned", { 4097, 1, PG, 0 }, -EINVAL,
-		  "mem_size 4097 is not a positive multiple of the page size "
-		  "4096" },
-		{ "mem-huge", { 1ULL << 41, 1, PG, 0 }, -E2BIG,
-		  "mem_size 2199023255552 exceeds the limit 1099511627776" },
-		{ "vcpus-zero", { PG, 0, PG, 0 }, -EINVAL,
-		  "nr_vcpus 0 outside 1..64" },
-		{ "vcpus-65", { PG, 65, PG, 0 }, -EINVAL,
-		  "nr_vcpus 65 outside 1..64" },
-		{ "page-size", { 2 * PG, 1, 2 * PG, 0 }, -EINVAL,
-		  "page_size 8192 does not match the header's page shift 12" },
-		{ "dom-reserved", { PG, 1, PG, 5 }, -EINVAL,
-		  "reserved field not zero (0x5)" },
+		{"mem-zero",
+		 {0, 1, PG, 0},
+		 -EINVAL,
+		 "mem_size 0 is not a positive multiple of the page size "
+		 "4096"},
+		{"mem-unaligned",
+		 {4097, 1, PG, 0},
+		 -EINVAL,
+		 "mem_size 4097 is not a positive multiple of the page size "
+		 "4096"},
+		{"mem-huge",
+		 {1ULL << 41, 1, PG, 0},
+		 -E2BIG,
+		 "mem_size 2199023255552 exceeds the limit 1099511627776"},
+		{"vcpus-zero",
+		 {PG, 0, PG, 0},
+		 -EINVAL,
+		 "nr_vcpus 0 outside 1..64"},
+		{"vcpus-65",
+		 {PG, 65, PG, 0},
+		 -EINVAL,
+		 "nr_vcpus 65 outside 1..64"},
+		{"page-size",
+		 {2 * PG, 1, 2 * PG, 0},
+		 -EINVAL,
+		 "page_size 8192 does not match the header's page shift 12"},
+		{"dom-reserved",
+		 {PG, 1, PG, 5},
+		 -EINVAL,
+		 "reserved field not zero (0x5)"},
 	};
-	struct buf b = { 0 };
+	struct buf b = {0};
 	char msg[256], name[64];
 
 	for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		raw_header(&b);
 		raw_rec(&b, REC_DOMAIN, &cases[i].d, sizeof(cases[i].d));
 		raw_finish(&b);
-		snprintf(msg, sizeof(msg), "record #0 (DOMAIN) at offset 40: %s",
-			 cases[i].msg);
+		snprintf(msg, sizeof(msg),
+			 "record #0 (DOMAIN) at offset 40: %s", cases[i].msg);
 		snprintf(name, sizeof(name), "domain-%s", cases[i].name);
 		expect_reject(name, &b, cases[i].err, msg);
 		buf_free(&b);
@@ -1058,7 +1095,7 @@ static void test_bad_domain(void **state)
 	buf_free(&b);
 
 	{
-		unsigned char big[25] = { 0 };
+		unsigned char big[25] = {0};
 
 		raw_header(&b);
 		raw_rec(&b, REC_DOMAIN, big, sizeof(big));
@@ -1075,9 +1112,29 @@ static void test_bad_pages(void **state)
 {
 	static unsigned char page[PG], half[PG / 2], big[2 * PG];
 	static unsigned char lz4_half[PG], lz4_big[PG];
-	static const unsigned char garbage[16] = { 0xff, 0xff, 0xff, 0xff };
+	static const unsigned char garbage[16] = {0xff, 0xff, 0xff, 0xff};
+	/* Hand-made blocks, each decoding to 4096 bytes: 'a', a match of
+	 * 4090 (token 0x1f, extension 255 * 15 + 246), then 5 literals;
+	 * with offset 0, or offset 2 (before the start of the output). */
+#define LZ4_A_4090(off)                                                        \
+	0x1f, 'a', off, 0, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,   \
+		255, 255, 255, 255, 255, 246, 0x50, 'b', 'b', 'b', 'b', 'b'
+	static const unsigned char lz4_ok[] = {LZ4_A_4090(1)};
+	static const unsigned char lz4_off0[] = {LZ4_A_4090(0)};
+	static const unsigned char lz4_far[] = {LZ4_A_4090(2)};
+	/* A match of 4091, then only 4 literals. */
+	static const unsigned char lz4_last4[] = {
+		0x1f, 'a', 1,	 0,   255, 255, 255, 255, 255,
+		255,  255, 255,	 255, 255, 255, 255, 255, 255,
+		255,  247, 0x40, 'b', 'b', 'b', 'b'};
+	/* 'a' + match of 4083, then 'c' + match of 4 starting 11 bytes
+	 * before the end, then 7 literals. */
+	static const unsigned char lz4_late[] = {
+		0x1f, 'a', 1,	 0,   255, 255, 255, 255, 255, 255,  255,
+		255,  255, 255,	 255, 255, 255, 255, 255, 239, 0x10, 'c',
+		1,    0,   0x70, 'd', 'd', 'd', 'd', 'd', 'd', 'd'};
 	int n_half, n_big;
-	struct buf b = { 0 };
+	struct buf b = {0};
 
 	memset(page, 0x5a, sizeof(page));
 	memset(half, 0xab, sizeof(half));
@@ -1092,58 +1149,111 @@ static void test_bad_pages(void **state)
 		const char *name;
 		struct pdesc d;
 		int err;
-		const char *msg;
+		const char *msg; /* %u: the descriptor's len */
 	} cases[] = {
-		{ "pfn", { MEM_PAGES, FT_PAGE_RAW, 0, PG, page }, -EINVAL,
-		  "page 0 pfn 0x40 beyond guest RAM (64 pages)" },
-		{ "raw-len", { 1, FT_PAGE_RAW, 0, PG - 1, page }, -EINVAL,
-		  "page 0 pfn 0x1: RAW length 4095, not 4096" },
-		{ "zero-len", { 1, FT_PAGE_ZERO, 0, 1, page }, -EINVAL,
-		  "page 0 pfn 0x1: ZERO length 1, not 0" },
-		{ "lz4-len0", { 1, FT_PAGE_LZ4, 0, 0, page }, -EINVAL,
-		  "page 0 pfn 0x1: LZ4 length 0 outside 1..4095" },
-		{ "lz4-len4096", { 1, FT_PAGE_LZ4, 0, PG, page }, -EINVAL,
-		  "page 0 pfn 0x1: LZ4 length 4096 outside 1..4095" },
-		{ "xor", { 1, FT_PAGE_XOR, 0, 8, page }, -EOPNOTSUPP,
-		  "page 0 pfn 0x1: XOR encoding is reserved" },
-		{ "enc", { 1, 4, 0, 8, page }, -EINVAL,
-		  "page 0 pfn 0x1: unknown encoding 4" },
-		{ "desc-reserved", { 1, FT_PAGE_RAW, 9, PG, page }, -EINVAL,
-		  "page 0 pfn 0x1: reserved field not zero (0x9)" },
-		{ "lz4-short", { 1, FT_PAGE_LZ4, 0, (uint32_t)n_half, lz4_half },
-		  -EINVAL, NULL },
-		{ "lz4-long", { 1, FT_PAGE_LZ4, 0, (uint32_t)n_big, lz4_big },
-		  -EINVAL, NULL },
-		{ "lz4-garbage", { 1, FT_PAGE_LZ4, 0, sizeof(garbage), garbage },
-		  -EINVAL, "page 0 pfn 0x1: LZ4 data (16 bytes) is corrupt" },
+		{"pfn",
+		 {MEM_PAGES, FT_PAGE_RAW, 0, PG, page},
+		 -EINVAL,
+		 "page 0 pfn 0x40 beyond guest RAM (64 pages)"},
+		{"raw-len",
+		 {1, FT_PAGE_RAW, 0, PG - 1, page},
+		 -EINVAL,
+		 "page 0 pfn 0x1: RAW length 4095, not 4096"},
+		{"zero-len",
+		 {1, FT_PAGE_ZERO, 0, 1, page},
+		 -EINVAL,
+		 "page 0 pfn 0x1: ZERO length 1, not 0"},
+		{"lz4-len0",
+		 {1, FT_PAGE_LZ4, 0, 0, page},
+		 -EINVAL,
+		 "page 0 pfn 0x1: LZ4 length 0 outside 1..4095"},
+		{"lz4-len4096",
+		 {1, FT_PAGE_LZ4, 0, PG, page},
+		 -EINVAL,
+		 "page 0 pfn 0x1: LZ4 length 4096 outside 1..4095"},
+		{"xor",
+		 {1, FT_PAGE_XOR, 0, 8, page},
+		 -EOPNOTSUPP,
+		 "page 0 pfn 0x1: XOR encoding is reserved"},
+		{"enc",
+		 {1, 4, 0, 8, page},
+		 -EINVAL,
+		 "page 0 pfn 0x1: unknown encoding 4"},
+		{"desc-reserved",
+		 {1, FT_PAGE_RAW, 9, PG, page},
+		 -EINVAL,
+		 "page 0 pfn 0x1: reserved field not zero (0x9)"},
+		{"lz4-short",
+		 {1, FT_PAGE_LZ4, 0, (uint32_t)n_half, lz4_half},
+		 -EINVAL,
+		 "page 0 pfn 0x1: LZ4 data (%u bytes) decodes to 2048 "
+		 "bytes, not 4096"},
+		{"lz4-long",
+		 {1, FT_PAGE_LZ4, 0, (uint32_t)n_big, lz4_big},
+		 -EINVAL,
+		 "page 0 pfn 0x1: LZ4 data (%u bytes) decodes to 8192 "
+		 "bytes, not 4096"},
+		{"lz4-garbage",
+		 {1, FT_PAGE_LZ4, 0, sizeof(garbage), garbage},
+		 -EINVAL,
+		 "page 0 pfn 0x1: LZ4 data (%u bytes) is corrupt"},
+		{"lz4-offset0",
+		 {1, FT_PAGE_LZ4, 0, sizeof(lz4_off0), lz4_off0},
+		 -EINVAL,
+		 "page 0 pfn 0x1: LZ4 data (%u bytes) is corrupt"},
+		{"lz4-offset-far",
+		 {1, FT_PAGE_LZ4, 0, sizeof(lz4_far), lz4_far},
+		 -EINVAL,
+		 "page 0 pfn 0x1: LZ4 data (%u bytes) is corrupt"},
+		{"lz4-ends-matching",
+		 {1, FT_PAGE_LZ4, 0, 20, lz4_ok},
+		 -EINVAL,
+		 "page 0 pfn 0x1: LZ4 data (%u bytes) is corrupt"},
+		{"lz4-last4",
+		 {1, FT_PAGE_LZ4, 0, sizeof(lz4_last4), lz4_last4},
+		 -EINVAL,
+		 "page 0 pfn 0x1: LZ4 data (%u bytes) breaks the "
+		 "end-of-block rules"},
+		{"lz4-late-match",
+		 {1, FT_PAGE_LZ4, 0, sizeof(lz4_late), lz4_late},
+		 -EINVAL,
+		 "page 0 pfn 0x1: LZ4 data (%u bytes) breaks the "
+		 "end-of-block rules"},
 	};
-	char msg[256], name[64], lz4msg[128];
+	char msg[256], name[64], detail[128];
 
 	for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		const char *m = cases[i].msg;
-
-		if (!m) {
-			snprintf(lz4msg, sizeof(lz4msg),
-				 "page 0 pfn 0x1: LZ4 data (%u bytes) %s",
-				 cases[i].d.len,
-				 cases[i].d.data == lz4_half ?
-					 "decodes to less than a page" :
-					 "is corrupt");
-			m = lz4msg;
-		}
+		snprintf(detail, sizeof(detail), cases[i].msg, cases[i].d.len);
 		raw_start(&b);
 		raw_batch(&b, &cases[i].d, 1);
 		raw_finish(&b);
 		snprintf(msg, sizeof(msg),
-			 "record #1 (PAGE_BATCH) at offset 80: %s", m);
+			 "record #1 (PAGE_BATCH) at offset 80: %s", detail);
 		snprintf(name, sizeof(name), "pages-%s", cases[i].name);
 		expect_reject(name, &b, cases[i].err, msg);
 		buf_free(&b);
 	}
 
+	/* The hand-made block itself is fine. */
+	{
+		struct pdesc ok = {7, FT_PAGE_LZ4, 0, sizeof(lz4_ok), lz4_ok};
+		struct sink *s = sink_new();
+
+		raw_start(&b);
+		raw_batch(&b, &ok, 1);
+		raw_finish(&b);
+		dump_file("good-lz4-handmade", "ftst", b.p, b.len);
+		assert_int_equal(read_stream(b.p, b.len, s), 0);
+		assert_int_equal(s->mem[7][0], 'a');
+		assert_int_equal(s->mem[7][PG - 6], 'a');
+		assert_int_equal(s->mem[7][PG - 5], 'b');
+		buf_free(&b);
+		free(s);
+	}
+
 	/* Batch header and lengths. */
-	struct pdesc two[2] = { { 0, FT_PAGE_ZERO, 0, 0, NULL },
-				{ 1, FT_PAGE_RAW, 0, PG, page } };
+	struct pdesc two[2] = {{0, FT_PAGE_ZERO, 0, 0, NULL},
+			       {1, FT_PAGE_RAW, 0, PG, page}};
 
 	raw_start(&b);
 	raw_batch_ex(&b, 0, 0, two, 2);
@@ -1189,9 +1299,9 @@ static void test_bad_pages(void **state)
 
 	/* A bad descriptor after good ones: no page was applied. */
 	{
-		struct pdesc d[3] = { { 2, FT_PAGE_RAW, 0, PG, page },
-				      { 3, FT_PAGE_ZERO, 0, 0, NULL },
-				      { 99, FT_PAGE_ZERO, 0, 0, NULL } };
+		struct pdesc d[3] = {{2, FT_PAGE_RAW, 0, PG, page},
+				     {3, FT_PAGE_ZERO, 0, 0, NULL},
+				     {99, FT_PAGE_ZERO, 0, 0, NULL}};
 		struct sink *s = sink_new();
 
 		raw_start(&b);
@@ -1211,9 +1321,9 @@ static void test_bad_pages(void **state)
 
 static void test_bad_vcpu(void **state)
 {
-	struct ft_rec_vcpu_x86 v = { 0 };
-	unsigned char body[sizeof(v) + 8] = { 0 };
-	struct buf b = { 0 };
+	struct ft_rec_vcpu_x86 v = {0};
+	unsigned char body[sizeof(v) + 8] = {0};
+	struct buf b = {0};
 
 	raw_start(&b);
 	raw_vcpu(&b, 1);
@@ -1251,9 +1361,10 @@ static void test_bad_vcpu(void **state)
 	raw_start(&b);
 	raw_rec(&b, REC_VCPU_X86, body, sizeof(body));
 	raw_finish(&b);
-	expect_reject("vcpu-length", &b, -EINVAL,
-		      "record #1 (VCPU_X86) at offset 80: length 520 is not 512 "
-		      "+ xsave_len 16");
+	expect_reject(
+		"vcpu-length", &b, -EINVAL,
+		"record #1 (VCPU_X86) at offset 80: length 520 is not 512 "
+		"+ xsave_len 16");
 	buf_free(&b);
 
 	raw_start(&b);
@@ -1264,16 +1375,17 @@ static void test_bad_vcpu(void **state)
 		      "minimum 512");
 	buf_free(&b);
 
-	v = (struct ft_rec_vcpu_x86){ .reserved[3] = 1 };
+	v = (struct ft_rec_vcpu_x86){.reserved[3] = 1};
 	raw_start(&b);
 	raw_rec(&b, REC_VCPU_X86, &v, sizeof(v));
 	raw_finish(&b);
-	expect_reject("vcpu-reserved", &b, -EINVAL,
-		      "record #1 (VCPU_X86) at offset 80: vCPU 0: reserved field "
-		      "not zero");
+	expect_reject(
+		"vcpu-reserved", &b, -EINVAL,
+		"record #1 (VCPU_X86) at offset 80: vCPU 0: reserved field "
+		"not zero");
 	buf_free(&b);
 
-	v = (struct ft_rec_vcpu_x86){ .ss.dpl = 4 };
+	v = (struct ft_rec_vcpu_x86){.ss.dpl = 4};
 	raw_start(&b);
 	raw_rec(&b, REC_VCPU_X86, &v, sizeof(v));
 	raw_finish(&b);
@@ -1284,7 +1396,7 @@ static void test_bad_vcpu(void **state)
 		      "reserved 0)");
 	buf_free(&b);
 
-	v = (struct ft_rec_vcpu_x86){ .ldt.reserved = 1 };
+	v = (struct ft_rec_vcpu_x86){.ldt.reserved = 1};
 	raw_start(&b);
 	raw_rec(&b, REC_VCPU_X86, &v, sizeof(v));
 	raw_finish(&b);
@@ -1298,10 +1410,10 @@ static void test_bad_vcpu(void **state)
 
 static void test_bad_device(void **state)
 {
-	struct ft_rec_device d = { .dev_type = HV_DEV_NET,
-				   .len = FT_DEVICE_BLOB_MAX + 1 };
-	unsigned char body[sizeof(d) + 8] = { 0 };
-	struct buf b = { 0 };
+	struct ft_rec_device d = {.dev_type = HV_DEV_NET,
+				  .len = FT_DEVICE_BLOB_MAX + 1};
+	unsigned char body[sizeof(d) + 8] = {0};
+	struct buf b = {0};
 
 	raw_start(&b);
 	raw_rec(&b, REC_DEVICE, &d, sizeof(d));
@@ -1328,7 +1440,7 @@ static void test_reader_api(void **state)
 {
 	struct stream_reader r;
 	struct stream_rec rec;
-	struct buf b = { 0 };
+	struct buf b = {0};
 	struct chan *c;
 	char *logbuf = NULL;
 	size_t logsize = 0;
@@ -1367,9 +1479,9 @@ static void test_reader_api(void **state)
 	assert_ptr_equal(strstr(logbuf, "record #0 (DOMAIN) at offset 40: "
 					"checksum mismatch"),
 			 strstr(logbuf, "error: ") + 7);
-	assert_null(strchr(logbuf, '\n') ? strchr(strchr(logbuf, '\n') + 1,
-						  '\n') :
-					   NULL);
+	assert_null(strchr(logbuf, '\n')
+			    ? strchr(strchr(logbuf, '\n') + 1, '\n')
+			    : NULL);
 	stream_reader_fini(&r);
 	chan_close(c);
 	log_set_file(*state);
@@ -1400,10 +1512,10 @@ static void test_reader_api(void **state)
 static void test_writer_api(void **state)
 {
 	struct hv_vcpu_state *vs = calloc(1, sizeof(*vs));
-	struct hv_dev_rec dev = { .len = FT_DEVICE_BLOB_MAX + 1 };
+	struct hv_dev_rec dev = {.len = FT_DEVICE_BLOB_MAX + 1};
 	struct stream_writer w;
 	struct chan *c;
-	char body[8] = { 0 };
+	char body[8] = {0};
 
 	assert_non_null(vs);
 	assert_int_equal(chan_open_mem(&c, NULL, 0, 1 << 20), 0);
@@ -1415,8 +1527,9 @@ static void test_writer_api(void **state)
 	assert_int_equal(stream_write_record(&w, REC_NOTE, body, 1), -EINVAL);
 	assert_int_equal(stream_write_header(&w), 0);
 	assert_int_equal(stream_write_header(&w), -EINVAL);
-	assert_int_equal(stream_write_record(&w, REC_NOTE, NULL,
-					     FT_REC_BODY_MAX + 1), -E2BIG);
+	assert_int_equal(
+		stream_write_record(&w, REC_NOTE, NULL, FT_REC_BODY_MAX + 1),
+		-E2BIG);
 	assert_int_equal(stream_write_domain(&w, 0, 1), -EINVAL);
 	assert_int_equal(stream_write_domain(&w, PG + 1, 1), -EINVAL);
 	assert_int_equal(stream_write_domain(&w, 2 * FT_MEM_SIZE_MAX, 1),
@@ -1451,7 +1564,23 @@ static void test_writer_api(void **state)
 	free(vs);
 }
 
-/* More pages than fit in one batch are split; the reader sees them all. */
+struct seq_check {
+	const unsigned char *ram; /* pages expected in pfn order */
+	uint64_t n;		  /* pages seen */
+};
+
+static int count_page(void *ctx, uint64_t pfn, const void *page)
+{
+	struct seq_check *sc = ctx;
+
+	if (pfn != sc->n || memcmp(page, sc->ram + pfn * PG, PG))
+		return -EILSEQ;
+	sc->n++;
+	return 0;
+}
+
+/* More pages than fit in one batch are split; the reader sees them all,
+ * in order. */
 static void test_many_pages(void **state)
 {
 	const unsigned n = FT_PAGE_BATCH_MAX * 2 + 5;
@@ -1461,9 +1590,10 @@ static void test_many_pages(void **state)
 	struct stream_reader r;
 	struct stream_writer w;
 	struct stream_rec rec;
-	struct buf b = { 0 };
+	struct buf b = {0};
 	struct chan *c;
-	unsigned batches = 0;
+	struct seq_check sc = {ram, 0};
+	uint64_t batches = 0;
 
 	assert_true(ram && pfns && pages);
 	for (unsigned i = 0; i < n; i++) {
@@ -1484,9 +1614,12 @@ static void test_many_pages(void **state)
 	assert_int_equal(stream_next(&r, &rec), 0);
 	while (stream_next(&r, &rec) == 0) {
 		assert_int_equal(rec.type, REC_PAGE_BATCH);
+		assert_int_equal(stream_decode_pages(&r, &rec, count_page, &sc),
+				 0);
 		batches++;
 	}
-	assert_int_equal(batches, 3);
+	assert_int_equal(sc.n, n);
+	assert_true(batches >= (n + FT_PAGE_BATCH_MAX - 1) / FT_PAGE_BATCH_MAX);
 	assert_non_null(strstr(stream_reader_error(&r), "without END"));
 	stream_reader_fini(&r);
 	chan_close(c);

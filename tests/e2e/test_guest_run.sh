@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Guests boot, see their command line, memory and clocks, and exit with
+# their own status; crashes are reported with vector and registers; wild
+# hypercall arguments get error codes while the VMM survives, also above
+# 4 GiB of guest RAM.
+. "$(dirname "$0")/lib.sh"
+need_kvm
+HELLO=$GUEST_DIR/hello.elf
+
+out=$("$FTVM" run --image "$HELLO" --mem 32M --cmdline "" 2>&1); rc=$?
+[ $rc -eq 0 ] || fail "hello exited $rc: $out"
+grep -q '^hello from ftengine guest' <<< "$out" || fail "no greeting: $out"
+grep -q 'hello: mem_size=33554432 ' <<< "$out" || fail "mem size: $out"
+grep -q '^hello: ok' <<< "$out" || fail "hello checks: $out"
+grep -q 'guest exited with status 0' <<< "$out" || fail "exit report: $out"
+ok "hello boots, sleeps and exits 0"
+
+# Console to a file; guest exit status passed through (usage error = 1).
+expect_fail 1 'guest exited with status 1' "$FTVM" run --image "$HELLO" --mem 16M \
+	--cmdline "no-such-mode" --console "$T/console.log"
+grep -q 'usage: hello' "$T/console.log" || fail "console file lacks usage line"
+ok "console file and exit status"
+
+for k in pf:'#PF page fault.*address 0x7ffdeadbe000' null:'#PF page fault.*address 0x0 ' \
+	 gp:'#GP general protection' ud:'#UD invalid opcode'; do
+	expect_fail 126 "guest crashed: ${k#*:}.*at rip 0x2.*rax 0x" \
+		"$FTVM" run --image "$HELLO" --mem 32M --cmdline "fault ${k%%:*}"
+done
+
+for mem in 32M 6G; do
+	out=$("$FTVM" run --image "$HELLO" --mem $mem --cmdline badcall 2>&1); rc=$?
+	[ $rc -eq 0 ] || fail "badcall at $mem exited $rc: $(grep -v ' ok$' <<< "$out")"
+	grep -qE '^hello: badcall passed ([0-9]+)/\1$' <<< "$out" || fail "badcall summary: $out"
+	ok "badcall at $mem: $(grep 'badcall passed' <<< "$out")"
+done
