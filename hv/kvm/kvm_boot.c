@@ -201,8 +201,9 @@ static void build_system(struct hv_domain *d)
 	gdt[6] = SYS_TSS >> 32;
 
 	memset(tss, 0, TSS_LIMIT + 1);
-	*(uint64_t *)(tss + 4) = SYS_XSTACK_TOP;   /* RSP0 */
-	*(uint16_t *)(tss + 102) = TSS_IOMAP;      /* I/O bitmap: all allowed */
+	/* RSP0 at offset 4 is not 8-byte aligned: the TSS is packed. */
+	memcpy(tss + 4, &(uint64_t){ SYS_XSTACK_TOP }, 8);
+	memcpy(tss + 102, &(uint16_t){ TSS_IOMAP }, 2); /* all ports allowed */
 	tss[TSS_LIMIT] = 0xff;
 
 	for (v = 0; v < 32; v++) {

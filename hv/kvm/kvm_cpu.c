@@ -258,8 +258,10 @@ void kvm_cpu_crash_report(struct hv_domain *d, const char *what)
 	rsp = r.rsp;
 	if ((s.cs.selector & 3) == 0 && r.rsp >= SYS_XSTACK_LO &&
 	    r.rsp + 7 * 8 <= SYS_XSTACK_TOP) {
-		const uint64_t *f = (const uint64_t *)(d->mem + r.rsp);
-		uint64_t vec = f[0];
+		uint64_t f[7], vec;
+
+		memcpy(f, d->mem + r.rsp, sizeof(f)); /* rsp may be unaligned */
+		vec = f[0];
 
 		snprintf(exc, sizeof(exc), "%s (vector %llu) error 0x%llx ",
 			 vec < 32 && vec_names[vec] ? vec_names[vec]
