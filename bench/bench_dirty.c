@@ -17,8 +17,11 @@
  *  - enable / disable: hv_ops.dirty_log(on / off);
  *  - fetch: hv_ops.dirty_fetch (fetch-and-clear, OR into a bitmap) while
  *    the guest runs, after it dirtied 0 pages (R rounds), K pages (default
- *    1000, the same pages every round, R rounds; default R 20) and every
- *    arena page (A rounds, default 3);
+ *    1000, the same pages every round, R rounds; default R 20), K pages
+ *    again with the VM paused around the fetch (as a checkpoint epoch
+ *    does; R rounds) and every
+ *    arena page (A rounds, default 3; 0 skips this level and the arena
+ *    is only K pages: for big guests);
  *  - guest side: the guest's time per written page in those rounds, where
  *    every write is the first to a page re-protected by the previous
  *    fetch; against the same writes with logging off (baseline) and the
@@ -70,7 +73,8 @@ struct opts {
 	unsigned repeat;
 };
 
-enum { L_ZERO, L_K, L_ALL, NR_LEVELS };
+/* Levels: 0 dirty, k dirty, k dirty with the VM paused, all dirty. */
+enum { L_ZERO, L_K, L_KP, L_ALL, NR_LEVELS };
 
 /* What one mechanism measured: medians over the rounds. */
 struct result {
@@ -78,7 +82,7 @@ struct result {
 	double enable_ms, disable_ms;
 	double fetch_us[NR_LEVELS], fetch_min_us[NR_LEVELS];
 	double fetch_max_us[NR_LEVELS];
-	double guest_ns_page[NR_LEVELS]; /* L_K, L_ALL */
+	double guest_ns_page[NR_LEVELS]; /* L_K, L_KP, L_ALL */
 	double unlogged_ns_page, first_after_enable_ns_page;
 	uint64_t found[NR_LEVELS];       /* bits set by the last fetch */
 	double ring_full_per_round;      /* in the "all" rounds */
@@ -158,7 +162,8 @@ static int fetch(struct ctx *c, uint64_t first, uint64_t count, double *us,
 	return 0;
 }
 
-/* Rounds at one level: dirty `count` pages (0: none), fetch. */
+/* Rounds at one level: dirty `count` pages (0: none), fetch (with the
+ * vCPU paused around the fetch at level L_KP, as checkpoints do). */
 static int level(struct ctx *c, struct result *res, int lv, uint64_t count,
 		 unsigned rounds)
 {
@@ -176,7 +181,11 @@ static int level(struct ctx *c, struct result *res, int lv, uint64_t count,
 				return err;
 		}
 		gns[r] = count ? (double)ns / (double)count : 0;
+		if (lv == L_KP)
+			kvm_hv_ops.pause(c->vm.d);
 		err = fetch(c, 0, count, &fus[r], &res->found[lv]);
+		if (lv == L_KP)
+			kvm_hv_ops.unpause(c->vm.d);
 		if (err)
 			return err;
 	}
@@ -263,7 +272,7 @@ static int run_mech(const struct opts *o, const struct mech *m,
 {
 	struct kvm_dirty_info info;
 	struct ctx c;
-	uint64_t t0, ns, found;
+	uint64_t t0, ns, found, used;
 	double us;
 	int err;
 
@@ -276,14 +285,16 @@ static int run_mech(const struct opts *o, const struct mech *m,
 		return err;
 	kvm_dirty_get_info(c.vm.d, &info);
 	res->ring_entries = info.ring_entries;
+	/* The arena pages the rounds write: all, or only the first k. */
+	used = o->all_rounds || o->k > c.pages ? c.pages : o->k;
 
-	/* Populate the arena, then time writes to writable pages. */
-	err = guest_dirty(&c, 0, c.pages, &ns);
+	/* Populate them, then time writes to writable pages. */
+	err = guest_dirty(&c, 0, used, &ns);
 	if (!err)
-		err = guest_dirty(&c, 0, c.pages, &ns);
+		err = guest_dirty(&c, 0, used, &ns);
 	if (err)
 		goto out;
-	res->unlogged_ns_page = (double)ns / (double)c.pages;
+	res->unlogged_ns_page = (double)ns / (double)used;
 
 	t0 = bench_ns();
 	err = kvm_hv_ops.dirty_log(c.vm.d, true);
@@ -291,17 +302,19 @@ static int run_mech(const struct opts *o, const struct mech *m,
 	if (err)
 		goto out;
 	/* Warm-up: the first writes after enabling, then a clean slate. */
-	err = guest_dirty(&c, 0, c.pages, &ns);
+	err = guest_dirty(&c, 0, used, &ns);
 	if (!err)
-		err = fetch(&c, 0, c.pages, &us, &found);
+		err = fetch(&c, 0, used, &us, &found);
 	if (err)
 		goto out;
-	res->first_after_enable_ns_page = (double)ns / (double)c.pages;
+	res->first_after_enable_ns_page = (double)ns / (double)used;
 
 	err = level(&c, res, L_ZERO, 0, o->rounds);
 	if (!err)
 		err = level(&c, res, L_K, o->k, o->rounds);
 	if (!err)
+		err = level(&c, res, L_KP, o->k, o->rounds);
+	if (!err && o->all_rounds)
 		err = level(&c, res, L_ALL, c.pages, o->all_rounds);
 	if (err)
 		goto out;
@@ -316,9 +329,10 @@ out:
 }
 
 static void print_result(const struct mech *m, const struct result *r,
-			 uint64_t k)
+			 const struct opts *o)
 {
-	static const char *const lvname[NR_LEVELS] = { "0", "k", "all" };
+	static const char *const lvname[NR_LEVELS] = { "0", "k", "k-p",
+						       "all" };
 
 	printf("%s", m->name);
 	if (r->ring_entries)
@@ -329,12 +343,13 @@ static void print_result(const struct mech *m, const struct result *r,
 	       r->first_after_enable_ns_page / 1e3);
 	printf("  %-6s %8s %12s %10s %10s %14s\n", "dirty", "found",
 	       "fetch us", "min", "max", "guest us/page");
-	for (int lv = 0; lv < NR_LEVELS; lv++) {
+	for (int lv = 0; lv < (o->all_rounds ? NR_LEVELS : L_ALL); lv++) {
 		char name[32];
 
-		if (lv == L_K)
-			snprintf(name, sizeof(name), "%llu",
-				 (unsigned long long)k);
+		if (lv == L_K || lv == L_KP)
+			snprintf(name, sizeof(name), "%llu%s",
+				 (unsigned long long)o->k,
+				 lv == L_KP ? " p" : "");
 		else
 			snprintf(name, sizeof(name), "%s", lvname[lv]);
 		printf("  %-6s %8llu %12.1f %10.1f %10.1f", name,
@@ -345,7 +360,7 @@ static void print_result(const struct mech *m, const struct result *r,
 		else
 			printf(" %14.2f\n", r->guest_ns_page[lv] / 1e3);
 	}
-	if (m->mech == KVM_DIRTY_RING)
+	if (m->mech == KVM_DIRTY_RING && o->all_rounds)
 		printf("  ring-full exits per \"all\" round: %.1f, each "
 		       "handled in %.0f us (harvest + reset)\n",
 		       r->ring_full_per_round, r->ring_full_us);
@@ -395,52 +410,70 @@ static double med_of(struct result (*res)[MAX_MECHS], unsigned reps,
 
 static void summary(const struct opts *o, struct result (*res)[MAX_MECHS])
 {
-	double base[6] = { 0 };
+	enum { F0, FK, FKP, FALL, RFULL, GK, GALL, NV };
+	double base[NV] = { 0 };
+	bool have_base = false;
 
-	printf("\nsummary: medians over %u repeat(s); fetch in us, "
-	       "ring-full = VMM time per round on ring-full exits (vCPU "
-	       "thread, guest stalled); guest = us per first write after "
-	       "re-protection\n",
+	printf("\nsummary: medians over %u repeat(s).  fetch: us per "
+	       "dirty_fetch at 0, k, k with the VM paused (\"k p\") and all "
+	       "pages dirty; ring-full: VMM us per \"all\" round spent on "
+	       "ring-full exits (vCPU thread, guest stalled); guest: us per "
+	       "first write after re-protection; 1st write: after enable\n",
 	       o->repeat);
-	printf("%-12s %8s %8s %9s %9s %8s %8s %9s %8s %8s\n", "mechanism",
-	       "fetch 0", "fetch k", "fetch all", "ring-full", "guest k",
-	       "guest all", "1st write", "enable", "disable");
-	printf("%-12s %8s %8s %9s %9s %8s %8s %9s %8s %8s\n", "", "us", "us",
-	       "us", "us/round", "us/page", "us/page", "us/page", "ms", "ms");
+	printf("%-12s %7s %7s %7s %9s %9s %7s %7s %7s %7s %7s\n", "mechanism",
+	       "fetch 0", "fetch k", "k p", "fetch all", "ring-full",
+	       "guest k", "g all", "1st wr", "enable", "disable");
+	printf("%-12s %7s %7s %7s %9s %9s %7s %7s %7s %7s %7s\n", "", "us",
+	       "us", "us", "us", "us/round", "us/page", "us/page", "us/page",
+	       "ms", "ms");
 	for (unsigned i = 0; i < o->nmechs; i++) {
-		double v[6];
+		double v[NV];
 
 		if (!res[0][i].ran)
 			continue;
-		v[0] = MED(fetch_us[L_ZERO]);
-		v[1] = MED(fetch_us[L_K]);
-		v[2] = MED(fetch_us[L_ALL]);
-		v[3] = MED(ring_full_us) * MED(ring_full_per_round);
-		v[4] = MED(guest_ns_page[L_K]) / 1e3;
-		v[5] = MED(guest_ns_page[L_ALL]) / 1e3;
-		printf("%-12s %8.1f %8.1f %9.1f %9.1f %8.2f %8.2f %9.2f %8.2f "
-		       "%8.2f\n",
-		       o->mechs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5],
+		v[F0] = MED(fetch_us[L_ZERO]);
+		v[FK] = MED(fetch_us[L_K]);
+		v[FKP] = MED(fetch_us[L_KP]);
+		v[FALL] = MED(fetch_us[L_ALL]);
+		v[RFULL] = MED(ring_full_us) * MED(ring_full_per_round);
+		v[GK] = MED(guest_ns_page[L_K]) / 1e3;
+		v[GALL] = MED(guest_ns_page[L_ALL]) / 1e3;
+		printf("%-12s %7.1f %7.1f %7.1f %9.1f %9.1f %7.2f %7.2f %7.2f "
+		       "%7.2f %7.2f\n",
+		       o->mechs[i]->name, v[F0], v[FK], v[FKP], v[FALL],
+		       v[RFULL], v[GK], v[GALL],
 		       MED(first_after_enable_ns_page) / 1e3, MED(enable_ms),
 		       MED(disable_ms));
-		if (o->mechs[i]->mech == KVM_DIRTY_BITMAP && !base[0])
+		if (o->mechs[i]->mech == KVM_DIRTY_BITMAP && !have_base) {
 			memcpy(base, v, sizeof(base));
+			have_base = true;
+		}
 	}
-	if (!base[0])
+	if (!have_base)
 		return;
-	printf("\nratio to bitmap (same run; < 1 is cheaper): fetch 0, fetch k, "
-	       "fetch all + ring-full, guest k, guest all\n");
+	printf("\nratio to bitmap (same run; < 1 is cheaper): fetch 0, "
+	       "fetch k, k paused, fetch all + ring-full, guest k, "
+	       "guest all\n");
 	for (unsigned i = 0; i < o->nmechs; i++) {
 		if (!res[0][i].ran)
 			continue;
-		printf("%-12s %8.3f %8.3f %9.3f %8.2f %8.2f\n",
-		       o->mechs[i]->name, MED(fetch_us[L_ZERO]) / base[0],
-		       MED(fetch_us[L_K]) / base[1],
-		       (MED(fetch_us[L_ALL]) +
-			MED(ring_full_us) * MED(ring_full_per_round)) /
-			       (base[2] + base[3]),
-		       MED(guest_ns_page[L_K]) / 1e3 / base[4],
-		       MED(guest_ns_page[L_ALL]) / 1e3 / base[5]);
+		printf("%-12s %7.3f %7.3f %7.3f", o->mechs[i]->name,
+		       MED(fetch_us[L_ZERO]) / base[F0],
+		       MED(fetch_us[L_K]) / base[FK],
+		       MED(fetch_us[L_KP]) / base[FKP]);
+		if (o->all_rounds)
+			printf(" %9.3f", (MED(fetch_us[L_ALL]) +
+					  MED(ring_full_us) *
+						  MED(ring_full_per_round)) /
+						 (base[FALL] + base[RFULL]));
+		else
+			printf(" %9s", "-");
+		printf(" %7.2f", MED(guest_ns_page[L_K]) / 1e3 / base[GK]);
+		if (o->all_rounds)
+			printf(" %7.2f\n",
+			       MED(guest_ns_page[L_ALL]) / 1e3 / base[GALL]);
+		else
+			printf(" %7s\n", "-");
 	}
 }
 #undef MED
@@ -494,12 +527,12 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (!o.rounds || o.rounds > MAX_ROUNDS || !o.all_rounds ||
+	if (!o.rounds || o.rounds > MAX_ROUNDS ||
 	    o.all_rounds > MAX_ROUNDS || !o.k || o.mem_mib < 64 ||
 	    !o.repeat || o.repeat > MAX_REPEAT) {
-		fprintf(stderr, "bench_dirty: rounds and all-rounds 1..%d, "
+		fprintf(stderr, "bench_dirty: rounds 1..%d, all-rounds 0..%d, "
 				"k > 0, mem >= 64 MiB, repeat 1..%d\n",
-			MAX_ROUNDS, MAX_REPEAT);
+			MAX_ROUNDS, MAX_ROUNDS, MAX_REPEAT);
 		return 2;
 	}
 	if (kvm_probe())
@@ -516,7 +549,7 @@ int main(int argc, char **argv)
 			err = run_mech(&o, o.mechs[i], &res[r][i], &missed);
 			if (err || !res[r][i].ran)
 				continue;
-			print_result(o.mechs[i], &res[r][i], o.k);
+			print_result(o.mechs[i], &res[r][i], &o);
 			fflush(stdout);
 		}
 	}

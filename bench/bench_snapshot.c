@@ -115,7 +115,7 @@ static int save_restore(struct hv_domain *d, uint64_t mem, const char *kind,
 	if (err)
 		goto out;
 	t0 = bench_ns();
-	err = snap_restore(&kvm_hv_ops, &cfg, c, &r);
+	err = snap_restore(&kvm_hv_ops, &cfg, c, true, &r);
 	t_rest = bench_ns() - t0;
 	chan_close(c);
 	if (err)

@@ -10,7 +10,8 @@
  *     memory stream, pointer chase) in a guest and on the host, compiled
  *     from the same source; guest/host time ratio.
  *
- *   build/bench/bench_vmm [--calls N] [--runs R] [--mem MIB] [--only exits|compute]
+ *   build/bench/bench_vmm [--calls N] [--runs R] [--mem MIB]
+ *                         [--only exits|compute]
  *
  * Defaults: 20000 calls per exit run, 3 runs (medians for exits, minima
  * for compute), 1024 MiB guest.  The guest image is
@@ -139,7 +140,7 @@ static int bench_exits(const struct opts *o)
 	return 0;
 }
 
-/* ---- 2. compute ----------------------------------------------------------- */
+/* ---- 2. compute ---------------------------------------------------------- */
 
 enum { K_HASH, K_TOUCH, K_STREAM, K_CHASE, NR_KERNELS };
 static const char *const kernel_names[NR_KERNELS] = { "hash", "touch",
@@ -340,8 +341,9 @@ int main(int argc, char **argv)
 			o.only = optarg;
 			break;
 		default:
-			fprintf(stderr, "usage: bench_vmm [--calls N] [--runs R] "
-					"[--mem MIB] [--only exits|compute]\n");
+			fprintf(stderr, "usage: bench_vmm [--calls N] "
+					"[--runs R] [--mem MIB] "
+					"[--only exits|compute]\n");
 			return 2;
 		}
 	}

@@ -108,18 +108,23 @@ static inline const char *bvm_wait_line(struct bvm *vm, const char *prefix,
 		const char *p;
 
 		bvm_read_console(vm);
-		for (p = vm->out; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : p)
+		for (p = vm->out; p && *p;) {
 			if (!strncmp(p, prefix, plen))
 				return p;
+			p = strchr(p, '\n');
+			p = p ? p + 1 : NULL;
+		}
 		kvm_hv_ops.status(vm->d, &st);
-		if (st.state == HV_STATE_EXITED || st.state == HV_STATE_CRASHED) {
+		if (st.state == HV_STATE_EXITED ||
+		    st.state == HV_STATE_CRASHED) {
 			log_err("guest stopped before printing \"%s\": %s; "
 				"console:\n%s",
 				prefix, st.reason, vm->out);
 			return NULL;
 		}
 		if (bench_ns() > end) {
-			log_err("no \"%s\" from the guest in %.0f s; console:\n%s",
+			log_err("no \"%s\" from the guest in %.0f s; "
+				"console:\n%s",
 				prefix, timeout_s, vm->out);
 			return NULL;
 		}
@@ -137,7 +142,8 @@ static inline int bvm_wait_exit(struct bvm *vm, double timeout_s)
 		kvm_hv_ops.status(vm->d, &st);
 		if (st.state == HV_STATE_EXITED && st.exit_status == 0)
 			break;
-		if (st.state == HV_STATE_EXITED || st.state == HV_STATE_CRASHED) {
+		if (st.state == HV_STATE_EXITED ||
+		    st.state == HV_STATE_CRASHED) {
 			bvm_read_console(vm);
 			log_err("guest failed: %s; console:\n%s", st.reason,
 				vm->out);

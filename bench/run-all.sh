@@ -4,7 +4,7 @@
 #
 #   make bench && bench/run-all.sh [--quick] [BUILD_DIR]
 #
-# Default: about 3 minutes on a 2-core PVM machine; --quick: under one
+# Default: about 1.5 minutes on a 2-core PVM machine; --quick: under one
 # minute, with fewer runs and rounds (noisier).  Needs /dev/kvm and about
 # 4 GiB of free memory (two 1 GiB guests plus a 1 GiB snapshot on
 # /dev/shm).  Each benchmark removes its own temporary files and stops its

@@ -15,12 +15,15 @@
  *                           random data or zeros, then idle in poll forever
  *   benchguest dirty MIB    dirty pages of a MIB MiB arena (0: the whole
  *                           heap) on request through bench/mailbox.h
+ *   benchguest vmmwrite     clock hypercalls with their block in a page
+ *                           the guest never writes (a dirty-log test)
  *
  * Output lines (exact formats, parsed by the bench programs):
  *   benchguest: hcall n=<N> ns=<total>           (also null, nullin)
  *   benchguest: kernel <name> ns=<ns> result=0x<hex>
  *   benchguest: ready fill=<kind> pages=<N> ns=<ns>
  *   benchguest: dirty mailbox=0x<gpa> base=0x<gpa> pages=<N>
+ *   benchguest: vmmwrite page=0x<gpa>
  * Times are guest monotonic nanoseconds (the host's CLOCK_MONOTONIC).
  * A usage error exits with 1.
  */
@@ -78,7 +81,8 @@ static int run_calls(const char *mode, uint64_t n)
 		for (i = 0; i < n; i++)
 			__asm__ volatile("outb %%al, %%dx"
 					 :
-					 : "a"((uint8_t)i), "d"((uint16_t)NULL_PORT)
+					 : "a"((uint8_t)i),
+					   "d"((uint16_t)NULL_PORT)
 					 : "memory");
 	} else {
 		for (i = 0; i < n; i++) {
@@ -221,6 +225,26 @@ static __attribute__((noreturn)) void run_dirty(uint64_t mib)
 	}
 }
 
+/* ---- vmmwrite ---------------------------------------------------------- */
+
+/*
+ * A page only the VMM writes: clock hypercalls whose argument block lies in
+ * a page this guest never stores to.  tests/unit/test_kvm.c checks that
+ * dirty logging reports the page anyway (KVM does not see VMM writes).
+ */
+static __attribute__((noreturn)) void run_vmmwrite(void)
+{
+	void *page = ft_alloc_aligned(FT_PAGE_SIZE, FT_PAGE_SIZE);
+
+	FT_ASSERT(page);
+	printf("benchguest: vmmwrite page=%p\n", page);
+	ft_flush();
+	for (;;) {
+		ft_hypercall(FT_HC_CLOCK_MONO, (uint64_t)(uintptr_t)page);
+		ft_sleep_ns(1000000);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "";
@@ -246,5 +270,7 @@ int main(int argc, char **argv)
 			usage("wrong number of arguments");
 		run_dirty(arg_u64(argv[2]));
 	}
+	if (!strcmp(mode, "vmmwrite"))
+		run_vmmwrite();
 	usage("unknown mode");
 }

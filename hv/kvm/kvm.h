@@ -42,9 +42,9 @@ struct kvm_create_opts {
 				* default (65536, or the host's maximum) */
 };
 
-/* As kvm_hv_ops.create, with `opts` (NULL: defaults).  A mechanism asked
- * for by name that the host lacks fails with -EOPNOTSUPP (AUTO falls back
- * to the bitmap instead). */
+/* As kvm_hv_ops.create, with `opts` (NULL: defaults, which is what
+ * kvm_hv_ops.create uses).  A mechanism asked for by name that the host
+ * lacks fails with -EOPNOTSUPP; AUTO falls back instead. */
 int kvm_create_opts(const struct hv_dom_info *info, const struct kvm_cfg *cfg,
 		    const struct kvm_create_opts *opts, struct hv_domain **out);
 

@@ -29,8 +29,12 @@
  * after its dirty bit (or ring entry) was collected but before it is
  * re-protected is not reported again; the caller copies pages only after
  * dirty_fetch returns, i.e. after the re-protection, so the copy holds
- * that write.  Writes the VMM itself makes to guest memory (hypercall
- * results) are not tracked by KVM in any mechanism.
+ * that write.
+ *
+ * Writes the VMM itself makes to guest memory (hypercall results, later
+ * received frames and disk reads) are not tracked by KVM in any mechanism,
+ * so the VMM marks them in its own bitmap (kvm_dirty_mark, after the
+ * write) and every fetch merges it in.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -70,22 +74,25 @@ static uint64_t bitmap_words(const struct hv_domain *d)
 	return (nr_pages(d) + 63) / 64;
 }
 
-static int enable_cap(struct hv_domain *d, uint32_t cap, uint64_t arg0,
-		      const char *what)
+static int enable_cap(struct hv_domain *d, uint32_t cap, uint64_t arg0)
 {
 	struct kvm_enable_cap ec = { .cap = cap, .args = { arg0 } };
 
 	if (ioctl(d->vm_fd, KVM_ENABLE_CAP, &ec) < 0) {
 		int err = -errno;
 
-		log_err("KVM_ENABLE_CAP %s (0x%llx): %s", what,
+		log_err("KVM_ENABLE_CAP %u (0x%llx): %s", cap,
 			(unsigned long long)arg0, strerror(errno));
 		return err;
 	}
 	return 0;
 }
 
-/* The ring: size checks against the host's limit, then enable. */
+/*
+ * The ring: size checks against the host's limit, then enable.  When the
+ * ring was not asked for by name (`forced` false, AUTO) a failure is only
+ * a warning: the caller falls back to the bitmap.
+ */
 static int ring_enable(struct hv_domain *d, uint32_t entries, bool forced)
 {
 	int acq = ioctl(d->vm_fd, KVM_CHECK_EXTENSION,
@@ -93,6 +100,9 @@ static int ring_enable(struct hv_domain *d, uint32_t entries, bool forced)
 	int plain = ioctl(d->vm_fd, KVM_CHECK_EXTENSION,
 			  KVM_CAP_DIRTY_LOG_RING);
 	int max = acq > 0 ? acq : plain;
+	enum log_level lvl = forced ? LOG_ERR : LOG_WARN;
+	struct kvm_enable_cap ec = { 0 };
+	size_t gfn = sizeof(struct kvm_dirty_gfn);
 	uint64_t bytes;
 
 	if (max <= 0) {
@@ -103,38 +113,62 @@ static int ring_enable(struct hv_domain *d, uint32_t entries, bool forced)
 	}
 	if (!entries) {
 		entries = RING_ENTRIES_DEFAULT;
-		while ((uint64_t)entries * sizeof(struct kvm_dirty_gfn) >
-			       (uint64_t)max &&
-		       entries > 1)
+		while ((uint64_t)entries * gfn > (uint64_t)max && entries > 1)
 			entries /= 2;
 	}
-	bytes = (uint64_t)entries * sizeof(struct kvm_dirty_gfn);
+	bytes = (uint64_t)entries * gfn;
 	if (entries & (entries - 1) || bytes < (uint64_t)getpagesize() ||
 	    bytes > (uint64_t)max) {
-		log_err("dirty ring of %u entries: must be a power of two of "
-			"%zu..%zu entries on this host",
-			entries, (size_t)getpagesize() / sizeof(struct kvm_dirty_gfn),
-			(size_t)max / sizeof(struct kvm_dirty_gfn));
+		log_msg(lvl, "dirty ring of %u entries: must be a power of "
+			"two of %zu..%zu entries on this host",
+			entries, (size_t)getpagesize() / gfn,
+			(size_t)max / gfn);
 		return -EINVAL;
 	}
-	/* ACQ_REL orders our flag stores for weakly ordered CPUs; on x86
+	/* ACQ_REL orders our flag stores on weakly ordered CPUs; on x86
 	 * both behave the same, and we use acquire/release either way. */
-	if (enable_cap(d, acq > 0 ? KVM_CAP_DIRTY_LOG_RING_ACQ_REL
-				  : KVM_CAP_DIRTY_LOG_RING,
-		       bytes, "dirty ring"))
-		return -EOPNOTSUPP;
+	ec.cap = acq > 0 ? KVM_CAP_DIRTY_LOG_RING_ACQ_REL
+			 : KVM_CAP_DIRTY_LOG_RING;
+	ec.args[0] = bytes;
+	if (ioctl(d->vm_fd, KVM_ENABLE_CAP, &ec) < 0) {
+		int err = -errno;
+
+		log_msg(lvl, "KVM_ENABLE_CAP dirty ring of %llu bytes: %s",
+			(unsigned long long)bytes, strerror(errno));
+		return err;
+	}
 	d->ring_entries = entries;
 	return 0;
+}
+
+/* Manual protect with `flags`, if the host offers them all. */
+static int manual_enable(struct hv_domain *d, int flags)
+{
+	int have = ioctl(d->vm_fd, KVM_CHECK_EXTENSION,
+			 KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2);
+
+	if (have < 0 || (have & flags) != flags) {
+		log_err("dirty logging: this host offers "
+			"KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 flags 0x%x, "
+			"need 0x%x",
+			have < 0 ? 0 : have, flags);
+		return -EOPNOTSUPP;
+	}
+	return enable_cap(d, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+			  (uint64_t)flags);
 }
 
 int kvm_dirty_init_vm(struct hv_domain *d, const struct kvm_create_opts *o)
 {
 	enum kvm_dirty_mech m = o ? o->dirty : KVM_DIRTY_AUTO;
 	uint32_t entries = o ? o->ring_entries : 0;
-	int flags, err;
+	int manual = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, err;
 
 	switch (m) {
 	case KVM_DIRTY_AUTO:
+		/* docs/performance.md: the ring costs nothing when little
+		 * is dirty and scales with the dirty set, not with RAM;
+		 * manual protect was no better than the bitmap. */
 		d->dirty_mech = ring_enable(d, entries, false)
 					? KVM_DIRTY_BITMAP
 					: KVM_DIRTY_RING;
@@ -146,21 +180,9 @@ int kvm_dirty_init_vm(struct hv_domain *d, const struct kvm_create_opts *o)
 		return 0;
 	case KVM_DIRTY_MANUAL:
 	case KVM_DIRTY_MANUAL_INIT:
-		flags = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE;
 		if (m == KVM_DIRTY_MANUAL_INIT)
-			flags |= KVM_DIRTY_LOG_INITIALLY_SET;
-		err = ioctl(d->vm_fd, KVM_CHECK_EXTENSION,
-			    KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2);
-		if (err < 0 || (err & flags) != flags) {
-			log_err("dirty logging %s: this host offers "
-				"KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 flags 0x%x, "
-				"need 0x%x",
-				kvm_dirty_mech_name(m), err < 0 ? 0 : err,
-				flags);
-			return -EOPNOTSUPP;
-		}
-		err = enable_cap(d, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
-				 (uint64_t)flags, "manual dirty-log protect");
+			manual |= KVM_DIRTY_LOG_INITIALLY_SET;
+		err = manual_enable(d, manual);
 		if (err)
 			return err;
 		d->dirty_mech = m;
@@ -203,6 +225,33 @@ void kvm_dirty_fini(struct hv_domain *d)
 					sizeof(struct kvm_dirty_gfn));
 	free(d->dirty_buf);
 	free(d->ring_acc);
+	free(d->vmm_dirty);
+}
+
+void kvm_dirty_mark(struct hv_domain *d, uint64_t gpa, uint64_t len)
+{
+	uint64_t pfn, last;
+
+	if (!len || !__atomic_load_n(&d->dirty_on, __ATOMIC_ACQUIRE))
+		return;
+	last = (gpa + len - 1) >> HV_PAGE_SHIFT;
+	for (pfn = gpa >> HV_PAGE_SHIFT; pfn <= last; pfn++)
+		__atomic_fetch_or(&d->vmm_dirty[pfn / 64], 1ULL << (pfn % 64),
+				  __ATOMIC_RELEASE);
+	__atomic_store_n(&d->vmm_dirty_any, true, __ATOMIC_RELEASE);
+}
+
+/* Move the VMM's own writes into `bitmap`. */
+static void fetch_vmm(struct hv_domain *d, uint64_t *bitmap)
+{
+	uint64_t words = bitmap_words(d), i;
+
+	if (!__atomic_exchange_n(&d->vmm_dirty_any, false, __ATOMIC_ACQ_REL))
+		return;
+	for (i = 0; i < words; i++)
+		if (d->vmm_dirty[i])
+			bitmap[i] |= __atomic_exchange_n(&d->vmm_dirty[i], 0,
+							 __ATOMIC_ACQ_REL);
 }
 
 /*
@@ -317,6 +366,17 @@ int kvm_dirty_set(struct hv_domain *d, bool on)
 			goto out;
 		}
 	}
+	if (on && !d->vmm_dirty) {
+		d->vmm_dirty = calloc(bitmap_words(d), sizeof(uint64_t));
+		if (!d->vmm_dirty) {
+			err = -ENOMEM;
+			goto out;
+		}
+	}
+	if (on) {
+		memset(d->vmm_dirty, 0, bitmap_words(d) * sizeof(uint64_t));
+		d->vmm_dirty_any = false;
+	}
 	if (on && d->ring_acc) {
 		memset(d->ring_acc, 0, bitmap_words(d) * sizeof(uint64_t));
 		d->ring_acc_n = 0;
@@ -336,7 +396,7 @@ int kvm_dirty_set(struct hv_domain *d, bool on)
 	}
 	if (!on && d->ring && ring_harvest(d, NULL))
 		err = ring_reset(d); /* leftovers of the last round */
-	d->dirty_on = on;
+	__atomic_store_n(&d->dirty_on, on, __ATOMIC_RELEASE);
 out:
 	pthread_mutex_unlock(&d->dirty_lock);
 	return err;
@@ -413,6 +473,7 @@ int kvm_dirty_fetch(struct hv_domain *d, uint64_t *bitmap, uint64_t nr_pfns)
 			(unsigned long long)nr_pages(d));
 		return -EINVAL;
 	}
+	fetch_vmm(d, bitmap);
 	if (d->dirty_mech == KVM_DIRTY_RING)
 		return fetch_ring(d, bitmap);
 	return fetch_bitmap(d, bitmap);

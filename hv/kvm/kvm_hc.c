@@ -173,5 +173,7 @@ bool kvm_hc_io(struct hv_domain *d)
 			      (long long)((struct ft_hc_exit *)blk)->status);
 		return false;
 	}
+	/* The results we wrote into the block are invisible to KVM's log. */
+	kvm_dirty_mark(d, gpa, hc_size[nr]);
 	return true;
 }

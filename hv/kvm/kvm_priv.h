@@ -70,7 +70,9 @@ struct hv_domain {
 	/* kvm_dirty.c */
 	enum kvm_dirty_mech dirty_mech; /* fixed at creation, never AUTO */
 	pthread_mutex_t dirty_lock;  /* ring harvests: vCPU thread vs fetch */
-	bool dirty_on;               /* dirty_lock */
+	bool dirty_on;               /* set under dirty_lock, read atomically */
+	uint64_t *vmm_dirty;         /* atomic: frames the VMM wrote itself */
+	bool vmm_dirty_any;          /* atomic: vmm_dirty has a bit set */
 	uint64_t *dirty_buf;         /* bitmap, manual: KVM_GET_DIRTY_LOG's */
 	struct kvm_dirty_gfn *ring;  /* ring: the vCPU's, mmapped */
 	uint32_t ring_entries;
@@ -99,6 +101,10 @@ void kvm_dirty_fini(struct hv_domain *d);
 /* hv_ops.dirty_log and hv_ops.dirty_fetch. */
 int kvm_dirty_set(struct hv_domain *d, bool on);
 int kvm_dirty_fetch(struct hv_domain *d, uint64_t *bitmap, uint64_t nr_pfns);
+/* Record that the VMM wrote guest memory [gpa, gpa+len) (already range-
+ * checked), for the next fetch; no-op while logging is off.  Call after
+ * the write.  Any thread. */
+void kvm_dirty_mark(struct hv_domain *d, uint64_t gpa, uint64_t len);
 /* vCPU thread, on KVM_EXIT_DIRTY_RING_FULL: harvest and reset the ring.
  * Returns false (crash reported) if that fails. */
 bool kvm_dirty_ring_full(struct hv_domain *d);
