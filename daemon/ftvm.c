@@ -622,7 +622,7 @@ static int do_restore(int argc, char **argv)
 	err = snap_restore(vm.ops, &cfg, c, true, &vm.dom);
 	chan_close(c);
 	if (err) {
-		log_err("restore from %s failed", o.from);
+		log_err("restore from %s failed; nothing was started", o.from);
 		return EXIT_VMM_ERROR;
 	}
 	log_info("restored from %s", o.from);

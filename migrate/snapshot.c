@@ -210,9 +210,9 @@ int snap_restore(const struct hv_ops *ops, const void *cfg, struct chan *c,
 	}
 	if (err > 0)
 		err = -EINVAL;
-	log_err("restore failed: %s",
-		*stream_reader_error(&r) ? stream_reader_error(&r)
-					 : strerror(-err));
+	/* The reader logged its own failures where they happened. */
+	if (!*stream_reader_error(&r))
+		log_err("restore failed: %s", strerror(-err));
 out_fini:
 	stream_reader_fini(&r);
 	if (rc.d)

@@ -57,6 +57,8 @@ $FTVM restore --from "$T/vm.fts" --control "$T/vm.sock" \
 pids+=($!)
 wait_lines "$T/console2.log" 'verified ok' 2
 sed 's/^/   guest| /' "$T/console2.log"
+say "(the first rate after the restore is low because it spans the time the"
+say " VM spent saved: the guest's clock counts that time, and never runs back)"
 $FTVM ctl --control "$T/vm.sock" dump "$T/ram.img" >/dev/null
 say "host-side check of the restored VM's RAM:"
 python3 tools/dirtier-check.py "$T/ram.img" --log "$T/console1.log" --fill random | sed 's/^/   /'
