@@ -9,8 +9,9 @@
 #   make format     clang-format every C file in place
 #
 # Every engine directory's .c files go into libft.a; hv/kvm's into
-# libhvkvm.a; each program links what it needs.  Guests are built
-# freestanding by guest/guest.mk.
+# libhvkvm.a; hv/xen's into libhvxen.a when ./configure found libxen-dev
+# (HAVE_XEN = yes; a program linking it adds $(XEN_LIBS)); each program
+# links what it needs.  Guests are built freestanding by guest/guest.mk.
 
 ifeq ($(wildcard config.mk),)
 $(error config.mk missing: run ./configure (or ./configure --install-deps) first)
@@ -37,6 +38,11 @@ ENGINE_SRCS := $(foreach d,$(ENGINE_DIRS),$(wildcard $(d)/*.c))
 ENGINE_OBJS := $(ENGINE_SRCS:%.c=$(B)/%.o)
 HVKVM_SRCS  := $(wildcard hv/kvm/*.c)
 HVKVM_OBJS  := $(HVKVM_SRCS:%.c=$(B)/%.o)
+ifeq ($(HAVE_XEN),yes)
+HVXEN_SRCS  := $(wildcard hv/xen/*.c)
+HVXEN_LIB   := $(B)/libhvxen.a
+endif
+HVXEN_OBJS  := $(HVXEN_SRCS:%.c=$(B)/%.o)
 UNIT_SRCS   := $(wildcard tests/unit/test_*.c)
 UNIT_BINS   := $(UNIT_SRCS:%.c=$(B)/%)
 BENCH_SRCS  := $(wildcard bench/*.c)
@@ -45,7 +51,7 @@ BENCH_BINS  := $(BENCH_SRCS:%.c=$(B)/%)
 PROGS := $(B)/ftvm
 
 .PHONY: all guests check demo bench fuzz format clean distclean
-all: $(B)/libft.a $(B)/libhvkvm.a $(PROGS) $(UNIT_BINS) guests
+all: $(B)/libft.a $(B)/libhvkvm.a $(HVXEN_LIB) $(PROGS) $(UNIT_BINS) guests
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -58,6 +64,14 @@ $(B)/libft.a: $(ENGINE_OBJS)
 $(B)/libhvkvm.a: $(HVKVM_OBJS)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
+
+ifeq ($(HAVE_XEN),yes)
+$(HVXEN_OBJS): ALL_CFLAGS += $(XEN_CFLAGS)
+
+$(B)/libhvxen.a: $(HVXEN_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+endif
 
 $(B)/ftvm: $(B)/daemon/ftvm.o $(B)/libhvkvm.a $(B)/libft.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(DEP_LIBS)
@@ -95,4 +109,4 @@ clean:
 distclean: clean
 	rm -f config.mk
 
--include $(ENGINE_OBJS:.o=.d) $(HVKVM_OBJS:.o=.d) $(UNIT_BINS:=.d) $(B)/daemon/ftvm.d
+-include $(ENGINE_OBJS:.o=.d) $(HVKVM_OBJS:.o=.d) $(HVXEN_OBJS:.o=.d) $(UNIT_BINS:=.d) $(B)/daemon/ftvm.d
