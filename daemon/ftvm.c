@@ -491,6 +491,9 @@ static void usage(FILE *f)
 	      "run and restore options:\n"
 	      "  --console FILE   guest console output (default: stdout)\n"
 	      "  --control PATH   serve the JSON-lines control socket at PATH\n"
+	      "  --net SPEC       NIC: tap=NAME,mac=MAC[,ip=A.B.C.D/N][,gw=A.B.C.D]\n"
+	      "                   [,bridge=BR][,host-ip=A.B.C.D/N]\n"
+	      "  --disk FILE      raw disk image (size a multiple of 512 bytes)\n"
 	      "  --verbose        debug logging\n"
 	      "run options:\n"
 	      "  --image FILE     static ELF guest (guest/*.elf)\n"
@@ -507,7 +510,7 @@ static void usage(FILE *f)
 }
 
 enum { OPT_IMAGE = 1, OPT_MEM, OPT_CMDLINE, OPT_CONSOLE, OPT_CONTROL,
-       OPT_FROM, OPT_VERBOSE, OPT_HELP, OPT_STOP };
+       OPT_FROM, OPT_VERBOSE, OPT_HELP, OPT_STOP, OPT_NET, OPT_DISK };
 
 static const struct option long_opts[] = {
 	{ "image", required_argument, NULL, OPT_IMAGE },
@@ -519,11 +522,14 @@ static const struct option long_opts[] = {
 	{ "verbose", no_argument, NULL, OPT_VERBOSE },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ "stop", no_argument, NULL, OPT_STOP },
+	{ "net", required_argument, NULL, OPT_NET },
+	{ "disk", required_argument, NULL, OPT_DISK },
 	{ NULL, 0, NULL, 0 },
 };
 
 struct opts {
-	const char *image, *cmdline, *console, *control, *from;
+	const char *image, *cmdline, *console, *control, *from, *disk;
+	struct kvm_net_cfg net;
 	uint64_t mem;
 	bool stop;
 };
@@ -542,6 +548,11 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case OPT_CONTROL: o->control = optarg; break;
 		case OPT_FROM: o->from = optarg; break;
 		case OPT_STOP: o->stop = true; break;
+		case OPT_DISK: o->disk = optarg; break;
+		case OPT_NET:
+			if (kvm_net_parse(optarg, &o->net))
+				return -EINVAL;
+			break;
 		case OPT_VERBOSE: log_set_level(LOG_DEBUG); break;
 		case OPT_MEM:
 			if (parse_size(optarg, &o->mem)) {
@@ -580,6 +591,7 @@ static int do_run(int argc, char **argv)
 	}
 	info = (struct hv_dom_info){ .mem_size = o.mem, .nr_vcpus = 1,
 				     .page_size = HV_PAGE_SIZE };
+	cfg = (struct kvm_cfg){ .net = o.net, .disk = o.disk };
 	cfg.console_fd = open_console(o.console);
 	if (cfg.console_fd < 0 || kvm_probe())
 		return EXIT_VMM_ERROR;
@@ -611,6 +623,7 @@ static int do_restore(int argc, char **argv)
 		log_err("restore needs --from FILE");
 		return EXIT_VMM_ERROR;
 	}
+	cfg = (struct kvm_cfg){ .net = o.net, .disk = o.disk };
 	cfg.console_fd = open_console(o.console);
 	if (cfg.console_fd < 0 || kvm_probe())
 		return EXIT_VMM_ERROR;
@@ -626,6 +639,7 @@ static int do_restore(int argc, char **argv)
 		return EXIT_VMM_ERROR;
 	}
 	log_info("restored from %s", o.from);
+	kvm_net_announce(vm.dom); /* peers learn where the guest lives now */
 	vm.ctl_path = o.control;
 	code = vm_serve(&vm);
 	vm.ops->destroy(vm.dom);

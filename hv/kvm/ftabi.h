@@ -51,13 +51,13 @@ enum ft_hc {
 	FT_HC_CLOCK_WALL    = 3,  /* struct ft_hc_clock            */
 	FT_HC_POLL          = 4,  /* struct ft_hc_poll             */
 	FT_HC_EXIT          = 5,  /* struct ft_hc_exit (no return) */
-	FT_HC_NET_INFO      = 6,  /* reserved: networking issue    */
-	FT_HC_NET_SEND      = 7,  /* reserved: batch send          */
-	FT_HC_NET_RECV      = 8,  /* reserved: batch receive       */
-	FT_HC_BLOCK_INFO    = 9,  /* reserved                      */
-	FT_HC_BLOCK_READ    = 10, /* reserved                      */
-	FT_HC_BLOCK_WRITE   = 11, /* reserved                      */
-	FT_HC_BLOCK_FLUSH   = 12, /* reserved                      */
+	FT_HC_NET_INFO      = 6,  /* struct ft_hc_net_info         */
+	FT_HC_NET_SEND      = 7,  /* struct ft_hc_net_batch        */
+	FT_HC_NET_RECV      = 8,  /* struct ft_hc_net_batch        */
+	FT_HC_BLOCK_INFO    = 9,  /* struct ft_hc_block_info       */
+	FT_HC_BLOCK_READ    = 10, /* struct ft_hc_block_io         */
+	FT_HC_BLOCK_WRITE   = 11, /* struct ft_hc_block_io         */
+	FT_HC_BLOCK_FLUSH   = 12, /* struct ft_hc_block_flush      */
 	FT_HC_NR            = 16  /* ports BASE..BASE+NR-1 belong to the ABI */
 };
 
@@ -120,6 +120,86 @@ struct ft_hc_poll {
 struct ft_hc_exit {
 	int64_t status;
 	int64_t ret;           /* never written: the call does not return    */
+};
+
+/*
+ * Network.  One NIC per VM, backed on the host by a TAP device.  Frames are
+ * Ethernet frames without FCS, FT_NET_FRAME_MIN..FT_NET_FRAME_MAX bytes.
+ * A VM without a NIC answers FT_ENOSYS to every net call.
+ */
+#define FT_NET_FRAME_MIN   14
+#define FT_NET_FRAME_MAX   1514  /* MTU 1500 + Ethernet header */
+#define FT_NET_BATCH_MAX   64    /* frames per send/receive call */
+
+/* FT_HC_NET_INFO: the NIC's configuration (from the VM's definition).
+ * IPv4 addresses in network byte order; 0 when not configured. */
+struct ft_hc_net_info {
+	uint8_t mac[6];
+	uint16_t mtu;          /* 1500 */
+	uint32_t ipv4_addr;
+	uint32_t ipv4_netmask;
+	uint32_t ipv4_gateway;
+	uint64_t reserved[2];  /* written 0 */
+	int64_t ret;
+};
+
+/* One frame of a batch.  Send: `len` bytes at `buf`.  Receive: `buf` has
+ * room for `len` bytes on the way in (>= FT_NET_FRAME_MAX), and `len` is
+ * the frame's length on the way out. */
+struct ft_net_frame {
+	uint64_t buf;
+	uint32_t len;
+	uint32_t reserved;     /* must be 0 */
+};
+
+/* FT_HC_NET_SEND / FT_HC_NET_RECV: `frames` is the GPA of an array of
+ * `count` (1..FT_NET_BATCH_MAX) struct ft_net_frame.  Send transmits them
+ * in order; `done` is how many were sent (all, unless ret < 0).  Receive
+ * fills up to `count` of them with pending frames in arrival order and
+ * sets `done` (0 when nothing is pending: not an error).  Every frame
+ * descriptor is checked before any frame moves: one bad descriptor fails
+ * the whole call with nothing sent or consumed. */
+struct ft_hc_net_batch {
+	uint64_t frames;
+	uint32_t count;
+	uint32_t reserved;     /* must be 0 */
+	uint64_t done;
+	int64_t ret;
+};
+
+/*
+ * Block.  One disk per VM, backed by a raw image file, in 512-byte sectors.
+ * A VM without a disk answers FT_ENOSYS.
+ */
+#define FT_BLOCK_SECTOR     512
+#define FT_BLOCK_IO_MAX     (1u << 20)   /* bytes per read/write call */
+#define FT_BLOCK_F_FLUSH    0x1u         /* write: flush after writing */
+
+/* FT_HC_BLOCK_INFO */
+struct ft_hc_block_info {
+	uint64_t sectors;      /* capacity */
+	uint32_t sector_size;  /* FT_BLOCK_SECTOR */
+	uint32_t max_io;       /* FT_BLOCK_IO_MAX */
+	uint64_t reserved[2];  /* written 0 */
+	int64_t ret;
+};
+
+/* FT_HC_BLOCK_READ / FT_HC_BLOCK_WRITE: `count` sectors (1 ..
+ * FT_BLOCK_IO_MAX / FT_BLOCK_SECTOR) from sector `sector` to/from `buf`.
+ * A write with FT_BLOCK_F_FLUSH returns only once the data is durable
+ * (the write then a flush, in one exit).  ret: 0 or -FT_E*. */
+struct ft_hc_block_io {
+	uint64_t sector;
+	uint64_t buf;
+	uint32_t count;
+	uint32_t flags;        /* FT_BLOCK_F_*; read: must be 0 */
+	int64_t ret;
+};
+
+/* FT_HC_BLOCK_FLUSH: make every completed write durable (fdatasync). */
+struct ft_hc_block_flush {
+	uint64_t reserved;     /* must be 0 */
+	int64_t ret;
 };
 
 #endif /* FTABI_H */

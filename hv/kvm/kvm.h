@@ -17,10 +17,36 @@ extern const struct hv_ops kvm_hv_ops;
 #define KVM_MEM_MAX (64ULL << 30)
 #define KVM_MEM_ALIGN (2ULL << 20)
 
+#define KVM_IFNAMSIZ 16
+
+/* The NIC: a TAP device whose host side is an ordinary interface. */
+struct kvm_net_cfg {
+	bool present;
+	char tap[KVM_IFNAMSIZ];    /* host interface name */
+	uint8_t mac[6];            /* the guest's MAC */
+	uint32_t ip, netmask, gw;  /* the guest's IPv4 config, network order */
+	char bridge[KVM_IFNAMSIZ]; /* enslave the TAP to this bridge, or "" */
+	uint32_t host_ip;          /* address for the TAP's host side, or 0 */
+	uint8_t host_prefix;
+};
+
 /* Backend configuration passed as hv_ops.create's `cfg`. */
 struct kvm_cfg {
-	int console_fd; /* guest console output goes here (not owned) */
+	int console_fd;            /* guest console output goes here (not owned) */
+	struct kvm_net_cfg net;
+	const char *disk;          /* raw image file for the block device, or NULL */
 };
+
+/* Parse a NIC spec "tap=NAME,mac=52:54:00:12:34:56,ip=10.0.0.2/24[,gw=A]
+ * [,bridge=BR][,host-ip=10.0.0.1/24]" into `net` (present = true).  tap and
+ * mac are required.  On error returns -EINVAL with the offending item in
+ * the logged message. */
+int kvm_net_parse(const char *spec, struct kvm_net_cfg *net);
+
+/* Send a gratuitous ARP and a RARP for the guest's MAC/IP on its TAP, so
+ * switches and peers learn where it now lives (after restore or
+ * migration).  No-op without a NIC. */
+int kvm_net_announce(struct hv_domain *d);
 
 /*
  * Dirty-page logging mechanisms (hv/kvm/kvm_dirty.c describes them;

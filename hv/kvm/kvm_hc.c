@@ -29,9 +29,7 @@ uint64_t kvm_clock_mono(struct hv_domain *d)
 			  d->clock.offset_ns);
 }
 
-/* Pointer to guest range [gpa, gpa+len), or NULL if any of it is outside
- * guest memory [FT_GPA_STACK_LO, mem_size) or the sum overflows. */
-static void *guest_ptr(struct hv_domain *d, uint64_t gpa, uint64_t len)
+void *kvm_guest_ptr(struct hv_domain *d, uint64_t gpa, uint64_t len)
 {
 	if (gpa < FT_GPA_STACK_LO || gpa > d->mem_size ||
 	    len > d->mem_size - gpa)
@@ -45,7 +43,7 @@ static int64_t hc_console(struct hv_domain *d, struct ft_hc_console *a)
 	uint64_t off = 0;
 	ssize_t n;
 
-	buf = guest_ptr(d, a->buf, a->len);
+	buf = kvm_guest_ptr(d, a->buf, a->len);
 	if (!buf)
 		return -FT_EFAULT;
 	if (a->len > FT_CONSOLE_MAX)
@@ -78,21 +76,29 @@ static int64_t hc_clock_wall(struct hv_domain *d, struct ft_hc_clock *a)
 static int64_t hc_poll(struct hv_domain *d, struct ft_hc_poll *a)
 {
 	uint64_t now = kvm_clock_mono(d);
-	struct pollfd pfd = { .fd = d->wake_fd, .events = POLLIN };
+	struct pollfd pfd[2] = { { .fd = d->wake_fd, .events = POLLIN },
+				 { .fd = kvm_net_fd(d), .events = POLLIN } };
+	nfds_t nfds = pfd[1].fd >= 0 ? 2 : 1;
 	struct timespec ts;
 	uint64_t left, junk;
 
 	a->ready = 0;
-	if (a->deadline_ns <= now)
+	if (kvm_net_pending(d)) {
+		a->ready = FT_POLL_NET;
 		return 0;
-	left = a->deadline_ns - now;
+	}
+	left = a->deadline_ns > now ? a->deadline_ns - now : 0;
 	if (left > 3600ULL * 1000000000ULL)
 		left = 3600ULL * 1000000000ULL;
 	ts.tv_sec = (time_t)(left / 1000000000ULL);
 	ts.tv_nsec = (long)(left % 1000000000ULL);
-	if (ppoll(&pfd, 1, &ts, NULL) > 0 &&
+	if (ppoll(pfd, nfds, &ts, NULL) <= 0)
+		return 0;
+	if ((pfd[0].revents & POLLIN) &&
 	    read(d->wake_fd, &junk, sizeof(junk)) < 0 && errno != EAGAIN)
 		return -FT_EIO;
+	if (nfds == 2 && (pfd[1].revents & POLLIN))
+		a->ready |= FT_POLL_NET;
 	return 0;
 }
 
@@ -102,6 +108,13 @@ static const uint32_t hc_size[FT_HC_NR] = {
 	[FT_HC_CLOCK_WALL] = sizeof(struct ft_hc_clock),
 	[FT_HC_POLL] = sizeof(struct ft_hc_poll),
 	[FT_HC_EXIT] = sizeof(struct ft_hc_exit),
+	[FT_HC_NET_INFO] = sizeof(struct ft_hc_net_info),
+	[FT_HC_NET_SEND] = sizeof(struct ft_hc_net_batch),
+	[FT_HC_NET_RECV] = sizeof(struct ft_hc_net_batch),
+	[FT_HC_BLOCK_INFO] = sizeof(struct ft_hc_block_info),
+	[FT_HC_BLOCK_READ] = sizeof(struct ft_hc_block_io),
+	[FT_HC_BLOCK_WRITE] = sizeof(struct ft_hc_block_io),
+	[FT_HC_BLOCK_FLUSH] = sizeof(struct ft_hc_block_flush),
 };
 
 /* Report an error in the guest's %rax (the block itself is unusable). */
@@ -146,7 +159,7 @@ bool kvm_hc_io(struct hv_domain *d)
 		return fail_rax(d, FT_ENOSYS);
 	if (gpa & 7)
 		return fail_rax(d, FT_EINVAL);
-	blk = guest_ptr(d, gpa, hc_size[nr]);
+	blk = kvm_guest_ptr(d, gpa, hc_size[nr]);
 	if (!blk || (uint64_t)gpa + hc_size[nr] > FT_GPA_ARG_LIMIT)
 		return fail_rax(d, FT_EFAULT);
 	/* Every block ends with its int64_t ret. */
@@ -165,6 +178,27 @@ bool kvm_hc_io(struct hv_domain *d)
 		break;
 	case FT_HC_POLL:
 		*ret = hc_poll(d, blk);
+		break;
+	case FT_HC_NET_INFO:
+		*ret = kvm_net_info(d, blk);
+		break;
+	case FT_HC_NET_SEND:
+		*ret = kvm_net_send(d, blk);
+		break;
+	case FT_HC_NET_RECV:
+		*ret = kvm_net_recv(d, blk);
+		break;
+	case FT_HC_BLOCK_INFO:
+		*ret = kvm_blk_info(d, blk);
+		break;
+	case FT_HC_BLOCK_READ:
+		*ret = kvm_blk_io(d, blk, false);
+		break;
+	case FT_HC_BLOCK_WRITE:
+		*ret = kvm_blk_io(d, blk, true);
+		break;
+	case FT_HC_BLOCK_FLUSH:
+		*ret = kvm_blk_flush(d, blk);
 		break;
 	case FT_HC_EXIT:
 		kvm_set_state(d, HV_STATE_EXITED,

@@ -42,6 +42,32 @@ struct kvm_clock {
 	uint64_t last_wall; /* wall clock never goes backwards */
 };
 
+/* The NIC (kvm_net.c). */
+#define KVM_NET_RXQ 256 /* frames held in the VMM (drained at save) */
+struct kvm_net_frame {
+	uint32_t len;
+	uint8_t data[FT_NET_FRAME_MAX];
+};
+struct kvm_net {
+	int fd;                      /* the TAP, or -1: no NIC */
+	struct kvm_net_cfg cfg;
+	struct kvm_net_frame *rxq;   /* vCPU thread, or paused */
+	uint32_t rxq_head, rxq_len;
+	struct {
+		uint64_t rx_frames, rx_bytes, rx_dropped;
+		uint64_t tx_frames, tx_bytes, tx_dropped;
+	} stats;
+};
+
+/* The disk (kvm_blk.c). */
+struct kvm_blk {
+	int fd;                      /* the image, or -1: no disk */
+	uint64_t sectors;
+	struct {
+		uint64_t reads, writes, flushes, bytes_read, bytes_written;
+	} stats;
+};
+
 struct hv_domain {
 	int kvm_fd, vm_fd, vcpu_fd;
 	struct kvm_run *run;
@@ -67,6 +93,8 @@ struct hv_domain {
 	atomic_uint_fast64_t exits, hypercalls;
 
 	struct kvm_clock clock;      /* vCPU thread, or lock holder when paused */
+	struct kvm_net net;
+	struct kvm_blk blk;
 	/* kvm_dirty.c */
 	enum kvm_dirty_mech dirty_mech; /* fixed at creation, never AUTO */
 	pthread_mutex_t dirty_lock;  /* ring harvests: vCPU thread vs fetch */
@@ -91,6 +119,29 @@ uint64_t kvm_host_ns(int clock_id);
 /* kvm_hc.c: handle one KVM_EXIT_IO; returns false if the vCPU must stop. */
 bool kvm_hc_io(struct hv_domain *d);
 uint64_t kvm_clock_mono(struct hv_domain *d);
+/* Pointer to guest memory [gpa, gpa+len) if all of it lies in the guest's
+ * part of RAM [FT_GPA_STACK_LO, mem_size) without overflow, else NULL. */
+void *kvm_guest_ptr(struct hv_domain *d, uint64_t gpa, uint64_t len);
+
+/* kvm_net.c: the NIC.  init with !cfg->present sets up "no NIC". */
+int kvm_net_init(struct hv_domain *d, const struct kvm_net_cfg *cfg);
+void kvm_net_fini(struct hv_domain *d);
+int kvm_net_fd(const struct hv_domain *d);
+bool kvm_net_pending(const struct hv_domain *d);
+int64_t kvm_net_info(struct hv_domain *d, struct ft_hc_net_info *a);
+int64_t kvm_net_send(struct hv_domain *d, struct ft_hc_net_batch *a);
+int64_t kvm_net_recv(struct hv_domain *d, struct ft_hc_net_batch *a);
+int kvm_net_save(struct hv_domain *d, hv_dev_cb cb, void *ctx);
+int kvm_net_load(struct hv_domain *d, const struct hv_dev_rec *rec);
+
+/* kvm_blk.c: the disk.  init with path NULL sets up "no disk". */
+int kvm_blk_init(struct hv_domain *d, const char *path);
+void kvm_blk_fini(struct hv_domain *d);
+int64_t kvm_blk_info(struct hv_domain *d, struct ft_hc_block_info *a);
+int64_t kvm_blk_io(struct hv_domain *d, struct ft_hc_block_io *a, bool write);
+int64_t kvm_blk_flush(struct hv_domain *d, struct ft_hc_block_flush *a);
+int kvm_blk_save(struct hv_domain *d, hv_dev_cb cb, void *ctx);
+int kvm_blk_load(struct hv_domain *d, const struct hv_dev_rec *rec);
 
 /* kvm_dirty.c */
 /* Pick and enable the mechanism; before the vCPU is created. */

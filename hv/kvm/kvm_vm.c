@@ -219,6 +219,8 @@ static void kvm_destroy(struct hv_domain *d)
 	if (d->event_fd >= 0)
 		close(d->event_fd);
 	kvm_dirty_fini(d);
+	kvm_net_fini(d);
+	kvm_blk_fini(d);
 	pthread_mutex_destroy(&d->dirty_lock);
 	pthread_mutex_destroy(&d->lock);
 	pthread_cond_destroy(&d->cond);
@@ -253,6 +255,7 @@ int kvm_create_opts(const struct hv_dom_info *info, const struct kvm_cfg *kc,
 		return -ENOMEM;
 	d->kvm_fd = d->vm_fd = d->vcpu_fd = d->wake_fd = d->event_fd = -1;
 	d->cfg.console_fd = kc ? kc->console_fd : -1;
+	d->net.fd = d->blk.fd = -1;
 	d->mem_size = info->mem_size;
 	d->pause_count = 1; /* created paused */
 	d->state = HV_STATE_PAUSED;
@@ -317,6 +320,13 @@ int kvm_create_opts(const struct hv_dom_info *info, const struct kvm_cfg *kc,
 	err = kvm_cpu_init(d);
 	if (err)
 		goto fail;
+	if (kc) {
+		err = kvm_net_init(d, &kc->net);
+		if (!err)
+			err = kvm_blk_init(d, kc->disk);
+		if (err)
+			goto fail;
+	}
 	d->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	d->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (d->wake_fd < 0 || d->event_fd < 0) {
@@ -463,7 +473,13 @@ static int kvm_dev_save(struct hv_domain *d, hv_dev_cb cb, void *ctx)
 				  .version = 1, .len = sizeof(cl),
 				  .data = &cl };
 
-	return cb(ctx, &rec);
+	int err = cb(ctx, &rec);
+
+	if (!err)
+		err = kvm_net_save(d, cb, ctx);
+	if (!err)
+		err = kvm_blk_save(d, cb, ctx);
+	return err;
 }
 
 /*
@@ -476,6 +492,10 @@ static int kvm_dev_load(struct hv_domain *d, const struct hv_dev_rec *rec)
 	struct clock_blob cl;
 	uint64_t now_wall, elapsed, mono;
 
+	if (rec->instance == 0 && rec->type == HV_DEV_NET)
+		return kvm_net_load(d, rec);
+	if (rec->instance == 0 && rec->type == HV_DEV_BLOCK)
+		return kvm_blk_load(d, rec);
 	if (rec->type != HV_DEV_CLOCK || rec->instance != 0) {
 		log_err("device load: no device of type %u instance %u on "
 			"this VMM", rec->type, rec->instance);

@@ -55,3 +55,10 @@ expect_fail() {
 }
 
 ctl() { "$FTVM" ctl --control "$@"; }
+
+# netns NAME: create a network namespace that is removed at exit.
+netns() {
+	command -v ip >/dev/null || skip "ip (iproute2) not installed"
+	ip netns add "$1" 2>/dev/null || skip "cannot create network namespaces"
+	on_exit "ip netns del '$1' 2>/dev/null"
+}

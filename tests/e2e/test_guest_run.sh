@@ -33,3 +33,27 @@ for mem in 32M 6G; do
 	grep -qE '^hello: badcall passed ([0-9]+)/\1$' <<< "$out" || fail "badcall summary: $out"
 	ok "badcall at $mem: $(grep 'badcall passed' <<< "$out")"
 done
+
+# With a NIC and a disk, the device calls check their own arguments.
+ns=ftg$$
+netns "$ns"
+truncate -s 1M "$T/disk.img"
+out=$(ip netns exec "$ns" "$FTVM" run --image "$HELLO" --mem 32M --cmdline badcall \
+	--disk "$T/disk.img" --net tap=ftt0,mac=52:54:00:00:00:01,ip=10.1.0.2/24 2>&1)
+rc=$?
+[ $rc -eq 0 ] || fail "badcall with devices exited $rc: $(grep -v ' ok$' <<< "$out")"
+grep -qE '^hello: badcall passed ([0-9]+)/\1$' <<< "$out" || fail "badcall summary: $out"
+ok "badcall with NIC and disk: $(grep 'badcall passed' <<< "$out")"
+
+# Bad device options are refused before anything runs.
+expect_fail 125 'disk .*: No such file' "$FTVM" run --image "$HELLO" --disk "$T/none.img"
+truncate -s 1000 "$T/odd.img"
+expect_fail 125 'not a positive multiple of 512' "$FTVM" run --image "$HELLO" --disk "$T/odd.img"
+expect_fail 125 "bad value '01:02:03:04:05:06' for mac" "$FTVM" run --image "$HELLO" \
+	--net tap=x,mac=01:02:03:04:05:06
+expect_fail 125 'needs at least tap=NAME and mac=MAC' "$FTVM" run --image "$HELLO" --net tap=x
+# A disk can serve one VM at a time.
+bg ip netns exec "$ns" "$FTVM" run --image "$HELLO" --mem 16M --cmdline spin \
+	--disk "$T/disk.img" --console /dev/null
+sleep 0.5
+expect_fail 125 'in use by another VM' "$FTVM" run --image "$HELLO" --disk "$T/disk.img"

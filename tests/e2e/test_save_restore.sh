@@ -59,3 +59,35 @@ while read -r t; do
 	prev=$t
 done < <(grep spin "$T/spin2.log" | awk '{print $5}')
 ok "guest clock continues: last before save $before, after restore $(grep spin "$T/spin2.log" | head -n1 | awk '{print $5}')"
+
+# Devices: NIC and disk state travel in the stream; a restore must be given
+# the same disk (size) and NIC identity, or it refuses with a clear error.
+ns=ftsr$$
+netns "$ns"
+truncate -s 4M "$T/disk.img"
+NET=tap=ftsr0,mac=52:54:00:00:00:07,ip=10.7.0.2/24
+S3=$T/dev.sock
+bg ip netns exec "$ns" "$FTVM" run --image "$GUEST_DIR/hello.elf" --mem 32M \
+	--cmdline spin --net "$NET" --disk "$T/disk.img" --control "$S3" --console /dev/null
+wait_for 10 test -S "$S3" || fail "no control socket (devices)"
+# Frames waiting on the TAP at save time are part of the NIC state.
+ip netns exec "$ns" ip addr add 10.7.0.1/24 dev ftsr0
+ip netns exec "$ns" ping -c 3 -i 0.2 -W 1 10.7.0.2 >/dev/null 2>&1
+ctl "$S3" save "$T/dev.fts" --stop >/dev/null || fail "save with devices"
+wait_for 10 test ! -S "$S3" || fail "ftvm (devices) did not stop"
+python3 "$TOP/tools/ftstream-check" -v "$T/dev.fts" | grep -q 'DEVICE' || fail "no DEVICE records"
+
+rst() { ip netns exec "$ns" timeout -k 2 20 "$FTVM" restore --from "$T/dev.fts" --console /dev/null "$@"; }
+expect_fail 125 'the saved VM has a disk; give it its image with --disk' rst --net "$NET"
+expect_fail 125 'the saved VM has a NIC; give it one with --net' rst --disk "$T/disk.img"
+truncate -s 8M "$T/big.img"
+expect_fail 125 'saved disk has 8192 sectors of 512 bytes; --disk has 16384' \
+	rst --net "$NET" --disk "$T/big.img"
+expect_fail 125 'saved NIC has MAC 52:54:00:00:00:07' \
+	rst --net tap=ftsr0,mac=52:54:00:00:00:08,ip=10.7.0.2/24 --disk "$T/disk.img"
+bg ip netns exec "$ns" "$FTVM" restore --from "$T/dev.fts" --net "$NET" \
+	--disk "$T/disk.img" --control "$S3" --console /dev/null
+wait_for 10 test -S "$S3" || fail "restore with devices failed"
+ctl "$S3" status | grep -q '"state":"running"' || fail "restored VM with devices not running"
+ctl "$S3" quit >/dev/null
+ok "device state restored; wrong disk or NIC refused"

@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: MIT
+/*
+ * kvm_blk.c - the disk: a raw image file in 512-byte sectors.
+ *
+ * Reads and writes are synchronous pread/pwrite on the vCPU thread; flush
+ * is fdatasync, so a write the guest saw flushed is on stable storage.  The
+ * image is locked (flock) so that two VMs cannot share it by mistake.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kvm_priv.h"
+#include "log.h"
+
+int kvm_blk_init(struct hv_domain *d, const char *path)
+{
+	struct kvm_blk *b = &d->blk;
+	struct stat sb;
+	int err;
+
+	b->fd = -1;
+	if (!path)
+		return 0;
+	b->fd = open(path, O_RDWR | O_CLOEXEC);
+	if (b->fd < 0) {
+		err = -errno;
+		log_err("disk %s: %s", path, strerror(errno));
+		return err;
+	}
+	if (fstat(b->fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+		log_err("disk %s: not a regular file", path);
+		return -EINVAL;
+	}
+	if (sb.st_size <= 0 || sb.st_size % FT_BLOCK_SECTOR) {
+		log_err("disk %s: %lld bytes, not a positive multiple of %d",
+			path, (long long)sb.st_size, FT_BLOCK_SECTOR);
+		return -EINVAL;
+	}
+	if (flock(b->fd, LOCK_EX | LOCK_NB) < 0) {
+		err = -errno;
+		log_err("disk %s: %s", path,
+			errno == EWOULDBLOCK ? "in use by another VM"
+					     : strerror(errno));
+		return err;
+	}
+	b->sectors = (uint64_t)sb.st_size / FT_BLOCK_SECTOR;
+	return 0;
+}
+
+void kvm_blk_fini(struct hv_domain *d)
+{
+	if (d->blk.fd >= 0)
+		close(d->blk.fd);
+}
+
+int64_t kvm_blk_info(struct hv_domain *d, struct ft_hc_block_info *a)
+{
+	if (d->blk.fd < 0)
+		return -FT_ENOSYS;
+	memset(a, 0, sizeof(*a) - sizeof(a->ret));
+	a->sectors = d->blk.sectors;
+	a->sector_size = FT_BLOCK_SECTOR;
+	a->max_io = FT_BLOCK_IO_MAX;
+	return 0;
+}
+
+int64_t kvm_blk_io(struct hv_domain *d, struct ft_hc_block_io *a, bool write)
+{
+	struct kvm_blk *b = &d->blk;
+	uint64_t len = (uint64_t)a->count * FT_BLOCK_SECTOR, done = 0;
+	off_t off = (off_t)(a->sector * FT_BLOCK_SECTOR);
+	uint8_t *buf;
+	ssize_t n;
+
+	if (b->fd < 0)
+		return -FT_ENOSYS;
+	if (a->flags & ~(write ? FT_BLOCK_F_FLUSH : 0))
+		return -FT_EINVAL;
+	if (a->count == 0 || len > FT_BLOCK_IO_MAX)
+		return -FT_E2BIG;
+	if (a->sector >= b->sectors || a->count > b->sectors - a->sector)
+		return -FT_EINVAL;
+	buf = kvm_guest_ptr(d, a->buf, len);
+	if (!buf)
+		return -FT_EFAULT;
+	while (done < len) {
+		n = write ? pwrite(b->fd, buf + done, len - done,
+				   off + (off_t)done)
+			  : pread(b->fd, buf + done, len - done,
+				  off + (off_t)done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			log_err("disk %s at sector %llu: %s",
+				write ? "write" : "read",
+				(unsigned long long)a->sector,
+				n < 0 ? strerror(errno) : "unexpected end");
+			return -FT_EIO;
+		}
+		done += (uint64_t)n;
+	}
+	if (write) {
+		b->stats.writes++;
+		b->stats.bytes_written += len;
+		if (a->flags & FT_BLOCK_F_FLUSH) {
+			if (fdatasync(b->fd) < 0) {
+				log_err("disk flush: %s", strerror(errno));
+				return -FT_EIO;
+			}
+			b->stats.flushes++;
+		}
+	} else {
+		b->stats.reads++;
+		b->stats.bytes_read += len;
+		kvm_dirty_mark(d, a->buf, len);
+	}
+	return 0;
+}
+
+int64_t kvm_blk_flush(struct hv_domain *d, struct ft_hc_block_flush *a)
+{
+	if (d->blk.fd < 0)
+		return -FT_ENOSYS;
+	if (a->reserved)
+		return -FT_EINVAL;
+	if (fdatasync(d->blk.fd) < 0) {
+		log_err("disk flush: %s", strerror(errno));
+		return -FT_EIO;
+	}
+	d->blk.stats.flushes++;
+	return 0;
+}
+
+/* Blob, version 1: geometry and counters.  The data itself lives in the
+ * image file, which the restoring side must have (same size). */
+struct blk_blob {
+	uint64_t sectors;
+	uint32_t sector_size;
+	uint32_t reserved;
+	uint64_t reads, writes, flushes, bytes_read, bytes_written;
+};
+_Static_assert(sizeof(struct blk_blob) == 56, "blk_blob");
+
+int kvm_blk_save(struct hv_domain *d, hv_dev_cb cb, void *ctx)
+{
+	struct kvm_blk *b = &d->blk;
+	struct blk_blob bl = {
+		.sectors = b->sectors, .sector_size = FT_BLOCK_SECTOR,
+		.reads = b->stats.reads, .writes = b->stats.writes,
+		.flushes = b->stats.flushes, .bytes_read = b->stats.bytes_read,
+		.bytes_written = b->stats.bytes_written,
+	};
+	struct hv_dev_rec rec = { .type = HV_DEV_BLOCK, .version = 1,
+				  .len = sizeof(bl), .data = &bl };
+
+	if (b->fd < 0)
+		return 0;
+	return cb(ctx, &rec);
+}
+
+int kvm_blk_load(struct hv_domain *d, const struct hv_dev_rec *rec)
+{
+	struct kvm_blk *b = &d->blk;
+	struct blk_blob bl;
+
+	if (b->fd < 0) {
+		log_err("device load: the saved VM has a disk; give it its "
+			"image with --disk");
+		return -EINVAL;
+	}
+	if (rec->version != 1 || rec->len != sizeof(bl)) {
+		log_err("device load: disk state version %u, %u bytes; "
+			"expected version 1, %zu bytes", rec->version, rec->len,
+			sizeof(bl));
+		return -EINVAL;
+	}
+	memcpy(&bl, rec->data, sizeof(bl));
+	if (bl.sector_size != FT_BLOCK_SECTOR || bl.reserved ||
+	    bl.sectors != b->sectors) {
+		log_err("device load: the saved disk has %llu sectors of %u "
+			"bytes; --disk has %llu of %d",
+			(unsigned long long)bl.sectors, bl.sector_size,
+			(unsigned long long)b->sectors, FT_BLOCK_SECTOR);
+		return -EINVAL;
+	}
+	b->stats.reads = bl.reads;
+	b->stats.writes = bl.writes;
+	b->stats.flushes = bl.flushes;
+	b->stats.bytes_read = bl.bytes_read;
+	b->stats.bytes_written = bl.bytes_written;
+	return 0;
+}
