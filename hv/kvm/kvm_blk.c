@@ -141,19 +141,16 @@ struct blk_blob {
 	uint64_t sectors;
 	uint32_t sector_size;
 	uint32_t reserved;
-	uint64_t reads, writes, flushes, bytes_read, bytes_written;
+	struct kvm_blk_stats stats;
 };
 _Static_assert(sizeof(struct blk_blob) == 56, "blk_blob");
 
 int kvm_blk_save(struct hv_domain *d, hv_dev_cb cb, void *ctx)
 {
 	struct kvm_blk *b = &d->blk;
-	struct blk_blob bl = {
-		.sectors = b->sectors, .sector_size = FT_BLOCK_SECTOR,
-		.reads = b->stats.reads, .writes = b->stats.writes,
-		.flushes = b->stats.flushes, .bytes_read = b->stats.bytes_read,
-		.bytes_written = b->stats.bytes_written,
-	};
+	struct blk_blob bl = { .sectors = b->sectors,
+			       .sector_size = FT_BLOCK_SECTOR,
+			       .stats = b->stats };
 	struct hv_dev_rec rec = { .type = HV_DEV_BLOCK, .version = 1,
 				  .len = sizeof(bl), .data = &bl };
 
@@ -187,10 +184,6 @@ int kvm_blk_load(struct hv_domain *d, const struct hv_dev_rec *rec)
 			(unsigned long long)b->sectors, FT_BLOCK_SECTOR);
 		return -EINVAL;
 	}
-	b->stats.reads = bl.reads;
-	b->stats.writes = bl.writes;
-	b->stats.flushes = bl.flushes;
-	b->stats.bytes_read = bl.bytes_read;
-	b->stats.bytes_written = bl.bytes_written;
+	b->stats = bl.stats;
 	return 0;
 }

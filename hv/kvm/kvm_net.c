@@ -381,8 +381,7 @@ struct net_blob {
 	uint16_t mtu;
 	uint32_t ip, netmask, gw;
 	uint32_t nr_pending;
-	uint64_t rx_frames, rx_bytes, rx_dropped;
-	uint64_t tx_frames, tx_bytes, tx_dropped;
+	struct kvm_net_stats stats;
 };
 _Static_assert(sizeof(struct net_blob) == 72, "net_blob");
 
@@ -423,12 +422,7 @@ int kvm_net_save(struct hv_domain *d, hv_dev_cb cb, void *ctx)
 	drain_tap(n);
 	memcpy(b.mac, n->cfg.mac, 6);
 	b.nr_pending = n->rxq_len;
-	b.rx_frames = n->stats.rx_frames;
-	b.rx_bytes = n->stats.rx_bytes;
-	b.rx_dropped = n->stats.rx_dropped;
-	b.tx_frames = n->stats.tx_frames;
-	b.tx_bytes = n->stats.tx_bytes;
-	b.tx_dropped = n->stats.tx_dropped;
+	b.stats = n->stats;
 	buf = malloc(sizeof(b) + (size_t)n->rxq_len * (4 + FT_NET_FRAME_MAX + 3));
 	if (!buf)
 		return -ENOMEM;
@@ -504,12 +498,7 @@ int kvm_net_load(struct hv_domain *d, const struct hv_dev_rec *rec)
 		memcpy(n->rxq[i].data, p + 4, n->rxq[i].len);
 		p += 4 + n->rxq[i].len + (4 - n->rxq[i].len % 4) % 4;
 	}
-	n->stats.rx_frames = b.rx_frames;
-	n->stats.rx_bytes = b.rx_bytes;
-	n->stats.rx_dropped = b.rx_dropped;
-	n->stats.tx_frames = b.tx_frames;
-	n->stats.tx_bytes = b.tx_bytes;
-	n->stats.tx_dropped = b.tx_dropped;
+	n->stats = b.stats;
 	return 0;
 bad:
 	log_err("device load: NIC state: malformed pending frame %u", i);

@@ -53,19 +53,19 @@ struct kvm_net {
 	struct kvm_net_cfg cfg;
 	struct kvm_net_frame *rxq;   /* vCPU thread, or paused */
 	uint32_t rxq_head, rxq_len;
-	struct {
+	struct kvm_net_stats {
 		uint64_t rx_frames, rx_bytes, rx_dropped;
 		uint64_t tx_frames, tx_bytes, tx_dropped;
-	} stats;
+	} stats;                     /* saved as is (little-endian u64s) */
 };
 
 /* The disk (kvm_blk.c). */
 struct kvm_blk {
 	int fd;                      /* the image, or -1: no disk */
 	uint64_t sectors;
-	struct {
+	struct kvm_blk_stats {
 		uint64_t reads, writes, flushes, bytes_read, bytes_written;
-	} stats;
+	} stats;                     /* saved as is (little-endian u64s) */
 };
 
 struct hv_domain {
