@@ -43,6 +43,14 @@ HVXEN_SRCS  := $(wildcard hv/xen/*.c)
 HVXEN_LIB   := $(B)/libhvxen.a
 endif
 HVXEN_OBJS  := $(HVXEN_SRCS:%.c=$(B)/%.o)
+# The guest network stack is portable C: test_gnet and fuzz_gnet also build
+# it for the host (all of guest/net but the guest-only glue).
+GNET_SRCS   := $(filter-out guest/net/gnet_ft.c,$(wildcard guest/net/*.c))
+GNET_OBJS   := $(GNET_SRCS:%.c=$(B)/%.o)
+# The kvstore guest's portable modules (all of guest/kvstore but its
+# hypercall glue, main.c): test_kvstore and fuzz_resp build them for the host.
+KVSTORE_SRCS := $(filter-out guest/kvstore/main.c,$(wildcard guest/kvstore/*.c))
+KVSTORE_OBJS := $(KVSTORE_SRCS:%.c=$(B)/%.o)
 UNIT_SRCS   := $(wildcard tests/unit/test_*.c)
 UNIT_BINS   := $(UNIT_SRCS:%.c=$(B)/%)
 BENCH_SRCS  := $(wildcard bench/*.c)
@@ -82,6 +90,9 @@ $(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/libhvkvm.a $(B)/libft.a
 $(B)/bench/%: $(B)/bench/%.o $(B)/libhvkvm.a $(B)/libft.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(DEP_LIBS)
 
+$(B)/tests/unit/test_gnet $(B)/bench/fuzz_gnet: $(GNET_OBJS)
+$(B)/tests/unit/test_kvstore $(B)/bench/fuzz_resp: $(KVSTORE_OBJS)
+
 bench: $(BENCH_BINS) guests
 
 # Guests never get sanitizers: they are freestanding.
@@ -109,4 +120,4 @@ clean:
 distclean: clean
 	rm -f config.mk
 
--include $(ENGINE_OBJS:.o=.d) $(HVKVM_OBJS:.o=.d) $(HVXEN_OBJS:.o=.d) $(UNIT_BINS:=.d) $(B)/daemon/ftvm.d
+-include $(ENGINE_OBJS:.o=.d) $(HVKVM_OBJS:.o=.d) $(HVXEN_OBJS:.o=.d) $(GNET_OBJS:.o=.d) $(KVSTORE_OBJS:.o=.d) $(UNIT_BINS:=.d) $(B)/daemon/ftvm.d

@@ -66,9 +66,8 @@ bool gnet_is_bcast(const struct gnet *s, uint32_t ip)
 {
 	uint32_t mask = s->cfg.netmask;
 
-	return ip == IP_BCAST ||
-	       (mask != IP_BCAST && s->cfg.ip &&
-		ip == ((s->cfg.ip & mask) | ~mask));
+	return ip == IP_BCAST || (mask != IP_BCAST && s->cfg.ip &&
+				  ip == ((s->cfg.ip & mask) | ~mask));
 }
 
 /* Netmasks are contiguous ones from the top: in host order, ~m + 1 is 0
@@ -123,10 +122,12 @@ int gnet_init(struct gnet *s, const struct gnet_cfg *cfg,
 	 * addresses differ between VMs and boots, which is all RFC 6528 can
 	 * get here (see docs/networking.md).
 	 */
-	s->secret = gnet_mix64(gnet_now(s) ^ gnet_mix64(
-		(uint64_t)cfg->ip << 32 | (uint64_t)cfg->mac[2] << 24 |
-		(uint64_t)cfg->mac[3] << 16 | (uint64_t)cfg->mac[4] << 8 |
-		cfg->mac[5]));
+	s->secret = gnet_mix64(gnet_now(s) ^
+			       gnet_mix64((uint64_t)cfg->ip << 32 |
+					  (uint64_t)cfg->mac[2] << 24 |
+					  (uint64_t)cfg->mac[3] << 16 |
+					  (uint64_t)cfg->mac[4] << 8 |
+					  cfg->mac[5]));
 	gnet_tcp_init(s);
 	return 0;
 }
@@ -243,6 +244,11 @@ uint64_t gnet_next_deadline(const struct gnet *s)
 const struct gnet_stats *gnet_stats(const struct gnet *s)
 {
 	return &s->stats;
+}
+
+const struct gnet_cfg *gnet_config(const struct gnet *s)
+{
+	return &s->cfg;
 }
 
 int gnet_check(const struct gnet *s)

@@ -36,28 +36,28 @@
 
 /* ---- Limits (compile-time; struct gnet's size depends on them) -------- */
 
-#define GNET_FRAME_MAX 1514   /* Ethernet header + MTU 1500, no FCS      */
-#define GNET_FRAME_MIN 60     /* shorter frames are zero-padded to this  */
-#define GNET_BATCH_MAX 64     /* frames per io->send call                */
-#define GNET_TXQ 64           /* frames queued before a forced io->send  */
-#define GNET_MAX_CONNS 256    /* TCP connections (incl. handshakes, TIME_WAIT) */
-#define GNET_MAX_LISTEN 8     /* TCP listening ports                     */
-#define GNET_MAX_UDP 8        /* bound UDP ports                         */
-#define GNET_ARP_CACHE 32     /* ARP cache entries                       */
-#define GNET_ARP_HOLD 16      /* frames waiting for ARP resolution       */
-#define GNET_TCP_HASH 512     /* 4-tuple hash buckets (power of two)     */
-#define GNET_RXBUF 65536      /* receive ring per connection (power of 2) */
-#define GNET_TXBUF 65536      /* send ring per connection (power of 2)   */
-#define GNET_CONN_MEM (GNET_RXBUF + GNET_TXBUF) /* bytes per connection  */
+#define GNET_FRAME_MAX 1514 /* Ethernet header + MTU 1500, no FCS */
+#define GNET_FRAME_MIN 60   /* shorter frames are zero-padded to this */
+#define GNET_BATCH_MAX 64   /* frames per io->send call */
+#define GNET_TXQ 64	    /* frames queued before a forced io->send */
+#define GNET_MAX_CONNS 256  /* TCP connections (incl. handshakes, TIME_WAIT) */
+#define GNET_MAX_LISTEN 8   /* TCP listening ports */
+#define GNET_MAX_UDP 8	    /* bound UDP ports */
+#define GNET_ARP_CACHE 32   /* ARP cache entries */
+#define GNET_ARP_HOLD 16    /* frames waiting for ARP resolution */
+#define GNET_TCP_HASH 512   /* 4-tuple hash buckets (power of two) */
+#define GNET_RXBUF 65536    /* receive ring per connection (power of 2) */
+#define GNET_TXBUF 65536    /* send ring per connection (power of 2) */
+#define GNET_CONN_MEM (GNET_RXBUF + GNET_TXBUF) /* bytes per connection */
 
 /* ---- Configuration and platform --------------------------------------- */
 
 struct gnet_cfg {
-	uint8_t mac[6];    /* unicast, not zero                                 */
-	uint16_t mtu;      /* 576..1500; 0 means 1500                           */
-	uint32_t ip;       /* our address; 0: only broadcast traffic is ours    */
-	uint32_t netmask;  /* contiguous                                        */
-	uint32_t gw;       /* default gateway, on our subnet; 0: none           */
+	uint8_t mac[6];	  /* unicast, not zero */
+	uint16_t mtu;	  /* 576..1500; 0 means 1500 */
+	uint32_t ip;	  /* our address; 0: only broadcast traffic is ours */
+	uint32_t netmask; /* contiguous */
+	uint32_t gw;	  /* default gateway, on our subnet; 0: none */
 	/* TCP connection pool: max_conns (0..GNET_MAX_CONNS) connections, each
 	 * using GNET_CONN_MEM bytes of conn_mem, which must hold
 	 * max_conns * GNET_CONN_MEM bytes, stay valid while the stack lives and
@@ -84,43 +84,44 @@ struct gnet_io {
 	void *ctx;
 };
 
-/* Counters; all only ever increase except tcp_conns. */
+/* Counters; all only ever increase except tcp_conns.  docs/networking.md
+ * lists what each drop counter counts. */
 struct gnet_stats {
-	uint64_t rx_frames;      /* frames given to gnet_input             */
-	uint64_t tx_frames;      /* frames io->send accepted               */
-	uint64_t tx_batches;     /* io->send calls                         */
-	uint64_t tx_errors;      /* frames lost to io->send errors         */
+	uint64_t rx_frames;  /* frames given to gnet_input */
+	uint64_t tx_frames;  /* frames io->send accepted */
+	uint64_t tx_batches; /* io->send calls */
+	uint64_t tx_errors;  /* frames lost to io->send errors */
 	/* Received frames dropped, by reason. */
-	uint64_t rx_bad_len;     /* truncated, or a length field lies      */
-	uint64_t rx_bad_csum;    /* IPv4 header, ICMP, UDP or TCP checksum */
-	uint64_t rx_bad_hdr;     /* bad version/field/flags, martian source */
-	uint64_t rx_not_for_us;  /* other MAC or IP, ARP for someone else  */
-	uint64_t rx_bad_proto;   /* other EtherType, IP protocol, ICMP type */
-	uint64_t rx_frag;        /* IPv4 fragments (not reassembled)       */
-	uint64_t rx_no_listener; /* UDP/TCP port nobody listens on         */
-	uint64_t rx_pool_full;   /* SYN with every connection in use       */
-	uint64_t rx_out_of_window; /* TCP sequence/ACK checks failed       */
-	uint64_t rx_out_of_order;  /* TCP data after a hole (dropped, dup ACK) */
-	uint64_t misuse;         /* gnet_input/gnet_timers from a callback */
+	uint64_t rx_bad_len;	   /* truncated, or a length field lies */
+	uint64_t rx_bad_csum;	   /* IPv4, ICMP, UDP or TCP checksum */
+	uint64_t rx_bad_hdr;	   /* bad field or flags, martian source */
+	uint64_t rx_not_for_us;	   /* other MAC or IP address */
+	uint64_t rx_bad_proto;	   /* unsupported protocol or type */
+	uint64_t rx_frag;	   /* IPv4 fragments */
+	uint64_t rx_no_listener;   /* no such UDP/TCP port or connection */
+	uint64_t rx_pool_full;	   /* SYN with every connection live */
+	uint64_t rx_out_of_window; /* TCP sequence or ACK checks failed */
+	uint64_t rx_out_of_order;  /* TCP data after a hole */
+	uint64_t misuse;	   /* gnet_input/timers from a callback */
 	/* ARP. */
-	uint64_t arp_requests;   /* requests sent                          */
-	uint64_t arp_replies;    /* replies sent                           */
-	uint64_t arp_unresolved; /* frames dropped: no reply, hold queue full, cache full */
-	uint64_t tx_no_route;    /* sends to off-link hosts without gateway */
+	uint64_t arp_requests;	 /* requests sent */
+	uint64_t arp_replies;	 /* replies sent */
+	uint64_t arp_unresolved; /* frames dropped waiting for ARP */
+	uint64_t tx_no_route;	 /* sends off-link without a gateway */
 	/* ICMP, UDP. */
-	uint64_t icmp_echo;      /* echo replies sent                      */
-	uint64_t udp_rx;         /* datagrams delivered                    */
-	uint64_t udp_tx;         /* datagrams sent                         */
+	uint64_t icmp_echo; /* echo replies sent */
+	uint64_t udp_rx;    /* datagrams delivered */
+	uint64_t udp_tx;    /* datagrams sent */
 	/* TCP. */
-	uint64_t tcp_rx_segs;    /* valid segments received                */
-	uint64_t tcp_tx_segs;    /* segments sent, retransmissions included */
-	uint64_t tcp_retransmits; /* segments sent again (timeout, fast rexmit) */
-	uint64_t tcp_rst_tx;     /* RSTs sent                              */
-	uint64_t tcp_accepted;   /* connections that reached ESTABLISHED   */
-	uint64_t tcp_resets;     /* connections reset by the peer          */
-	uint64_t tcp_timeouts;   /* connections given up (-ETIMEDOUT)      */
-	uint64_t tcp_syn_evicted; /* half-open connections dropped for a SYN */
-	uint64_t tcp_conns;      /* connections in the pool now (any state) */
+	uint64_t tcp_rx_segs;	  /* valid segments received */
+	uint64_t tcp_tx_segs;	  /* segments sent, all kinds */
+	uint64_t tcp_retransmits; /* segments sent again */
+	uint64_t tcp_rst_tx;	  /* RSTs sent */
+	uint64_t tcp_accepted;	  /* connections that reached ESTABLISHED */
+	uint64_t tcp_resets;	  /* connections reset by the peer */
+	uint64_t tcp_timeouts;	  /* connections given up (-ETIMEDOUT) */
+	uint64_t tcp_syn_evicted; /* half-open connections dropped for SYNs */
+	uint64_t tcp_conns;	  /* connections in the pool now */
 };
 
 /* ---- TCP application interface ---------------------------------------- */
@@ -140,8 +141,7 @@ struct gnet_tcp_cb {
 	 * gnet_tcp_eof turns true once the data is read).  Edge-triggered:
 	 * data left unread is not announced again until more arrives. */
 	void (*readable)(void *ctx, struct gnet_conn *c);
-	/* Send space was freed after a gnet_tcp_send that accepted less than
-	 * it was given. */
+	/* The peer acknowledged data, so send space was freed. */
 	void (*writable)(void *ctx, struct gnet_conn *c);
 	/* The connection is over: 0 after a clean close in both directions,
 	 * -ECONNRESET (peer's RST), -ETIMEDOUT (peer stopped answering), or
@@ -155,37 +155,38 @@ struct gnet_conn {
 	struct gnet *s;
 	uint8_t *rxbuf, *txbuf;
 	void *user;
-	uint32_t rip;               /* peer address (network order)    */
-	uint16_t rport, lport;      /* peer and local port             */
-	uint16_t idx, hnext;        /* pool index; hash chain / free list */
-	uint16_t flags;             /* TF_*                            */
-	uint8_t state;              /* TS_*                            */
-	uint8_t listener;           /* index into gnet.listen          */
-	uint8_t ev;                 /* pending TEV_*                   */
-	uint8_t timer;              /* armed TT_*                      */
-	uint8_t retries;            /* timeouts / probes in a row      */
+	uint32_t rip;	       /* peer address (network order) */
+	uint16_t rport, lport; /* peer and local port */
+	uint16_t idx, hnext;   /* pool index; hash chain / free list */
+	uint16_t flags;	       /* TF_* */
+	uint8_t state;	       /* TS_* */
+	uint8_t listener;      /* index into gnet.listen */
+	uint8_t ev;	       /* pending TEV_* */
+	uint8_t timer;	       /* armed TT_* */
+	uint8_t retries;       /* timeouts in a row; persist backoff */
+	uint8_t probes;	       /* unanswered window probes */
 	uint8_t dupacks;
-	int16_t reason;             /* for closed()                    */
-	uint16_t mss;               /* send MSS                        */
+	int16_t reason; /* for closed() */
+	uint16_t mss;	/* send MSS */
 	uint32_t iss, snd_una, snd_nxt, snd_max;
 	uint32_t snd_wnd, snd_wl1, snd_wl2, max_sndwnd;
 	uint32_t cwnd, ssthresh, recover;
 	uint32_t rcv_nxt, rcv_adv;
-	uint32_t rx_head, rx_len;   /* ring: unread data               */
-	uint32_t tx_head, tx_len;   /* ring: data from snd_una on      */
+	uint32_t rx_head, rx_len; /* ring: unread data */
+	uint32_t tx_head, tx_len; /* ring: data from snd_una on */
 	uint32_t srtt_us, rttvar_us, rto_us;
 	uint32_t rtt_seq;
 	uint64_t rtt_start;
 };
 
 struct gnet_listener {
-	uint16_t port;              /* 0: free slot */
+	uint16_t port; /* 0: free slot */
 	struct gnet_tcp_cb cb;
 	void *ctx;
 };
 
 struct gnet_udp_bind {
-	uint16_t port;              /* 0: free slot */
+	uint16_t port; /* 0: free slot */
 	void (*cb)(void *ctx, uint32_t src_ip, uint16_t src_port,
 		   const void *data, size_t len);
 	void *ctx;
@@ -194,15 +195,15 @@ struct gnet_udp_bind {
 struct gnet_arp_entry {
 	uint32_t ip;
 	uint8_t mac[6];
-	uint8_t state;              /* ARP_* (gnet_arp.c) */
+	uint8_t state; /* ARP_* (gnet_arp.c) */
 	uint8_t tries;
-	uint64_t deadline;          /* retry, or the end of reachability */
+	uint64_t deadline; /* retry, or the end of reachability */
 };
 
 struct gnet_hold {
 	uint32_t nexthop;
-	uint32_t seq;               /* FIFO order                      */
-	uint16_t len;               /* 0: free                         */
+	uint32_t seq; /* FIFO order */
+	uint16_t len; /* 0: free */
 	uint8_t frame[GNET_FRAME_MAX];
 };
 
@@ -210,7 +211,7 @@ struct gnet {
 	struct gnet_cfg cfg;
 	struct gnet_io io;
 	struct gnet_stats stats;
-	uint64_t secret;            /* ISS and hash key                */
+	uint64_t secret; /* ISS and hash key */
 	uint16_t ip_id;
 	bool in_callback;
 	/* Transmit queue. */
@@ -224,10 +225,10 @@ struct gnet {
 	/* UDP and TCP. */
 	struct gnet_udp_bind udp[GNET_MAX_UDP];
 	struct gnet_listener listen[GNET_MAX_LISTEN];
-	uint16_t free_conn;         /* free list head                  */
+	uint16_t free_conn; /* free list head */
 	uint16_t hash[GNET_TCP_HASH];
 	uint32_t ev_map[GNET_MAX_CONNS / 32];  /* connections with events */
-	uint32_t out_map[GNET_MAX_CONNS / 32]; /* connections to output   */
+	uint32_t out_map[GNET_MAX_CONNS / 32]; /* connections to output */
 	uint64_t deadline[GNET_MAX_CONNS];     /* armed timer per connection */
 	struct gnet_conn conns[GNET_MAX_CONNS];
 };
@@ -271,6 +272,9 @@ int gnet_flush(struct gnet *s);
 /* The counters. */
 const struct gnet_stats *gnet_stats(const struct gnet *s);
 
+/* The configuration in use: gnet_init's copy, with the MTU filled in. */
+const struct gnet_cfg *gnet_config(const struct gnet *s);
+
 /*
  * Check the stack's internal invariants (pools, hash, lists, sequence
  * numbers, buffers, timers).  Returns 0, or -EINVAL at the first broken
@@ -308,8 +312,8 @@ int gnet_udp_send(struct gnet *s, uint32_t dst_ip, uint16_t dst_port,
  * `cb` (copied) with `ctx`.  Returns 0, -EINVAL (port 0, cb without
  * accepted or closed), -EADDRINUSE or -ENOSPC (GNET_MAX_LISTEN ports).
  */
-int gnet_tcp_listen(struct gnet *s, uint16_t port,
-		    const struct gnet_tcp_cb *cb, void *ctx);
+int gnet_tcp_listen(struct gnet *s, uint16_t port, const struct gnet_tcp_cb *cb,
+		    void *ctx);
 
 /* Copy up to `len` received bytes to `buf`, consuming them; returns the
  * number copied (0: nothing buffered).  Freeing space may queue a window
@@ -324,9 +328,9 @@ bool gnet_tcp_eof(const struct gnet_conn *c);
 
 /*
  * Copy up to `len` bytes into the send buffer; returns how many it took
- * (0 when the buffer is full, or after gnet_tcp_close/abort or a reset).
- * If it took fewer than `len`, writable() follows when space frees.  The
- * data leaves at the next gnet_flush, within the peer's window.
+ * (0 when the buffer is full, or after gnet_tcp_close/abort or a reset);
+ * writable() says when acknowledgements free space.  The data leaves at
+ * the next gnet_flush, within the peer's window.
  */
 size_t gnet_tcp_send(struct gnet_conn *c, const void *data, size_t len);
 

@@ -23,7 +23,7 @@
 #define IP_PROTO_UDP 17
 #define IP_TTL 64
 #define IP_DF 0x4000
-#define IP_MF_OFF 0x3fff     /* more-fragments flag and fragment offset */
+#define IP_MF_OFF 0x3fff /* more-fragments flag and fragment offset */
 #define L4_OFF (ETH_HLEN + IP_HLEN) /* transport header in our frames */
 
 #define IP_BCAST 0xffffffffu

@@ -67,7 +67,7 @@ enum ft_err {
 	FT_EFAULT  = 1,  /* a pointer/length lies outside guest RAM or overflows */
 	FT_EINVAL  = 2,  /* a field is out of range, or a reserved field is set  */
 	FT_ENOSYS  = 3,  /* unknown or not (yet) provided call                  */
-	FT_EAGAIN  = 4,  /* nothing to do now (receive with no frames)          */
+	FT_EAGAIN  = 4,  /* not returned in ABI v1 (an empty receive is done=0) */
 	FT_EIO     = 5,  /* host-side I/O error                                 */
 	FT_E2BIG   = 6,  /* request larger than the call's limit                */
 };

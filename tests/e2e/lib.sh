@@ -62,3 +62,21 @@ netns() {
 	ip netns add "$1" 2>/dev/null || skip "cannot create network namespaces"
 	on_exit "ip netns del '$1' 2>/dev/null"
 }
+
+# topo PREFIX: a "host" namespace PREFIX-h with bridge br0 and a "client"
+# namespace PREFIX-c (10.77.0.1/24) joined by a veth pair.  A VM started in
+# PREFIX-h with --net ...,bridge=br0 is reachable from the client.  Both
+# namespaces are removed at exit.
+topo() {
+	HNS=$1-h CNS=$1-c
+	netns "$HNS"
+	netns "$CNS"
+	ip -n "$HNS" link set lo up
+	ip -n "$CNS" link set lo up
+	ip -n "$HNS" link add br0 type bridge
+	ip -n "$HNS" link set br0 up
+	ip -n "$HNS" link add veth-h type veth peer name veth-c netns "$CNS"
+	ip -n "$HNS" link set veth-h master br0 up
+	ip -n "$CNS" addr add 10.77.0.1/24 dev veth-c
+	ip -n "$CNS" link set veth-c up
+}
