@@ -457,16 +457,23 @@ static int vm_serve(struct vm *vm)
 	}
 	vm->ops->unpause(vm->dom);
 	ev_run(vm->loop, 0);
-	if (vm->ctl_path) {
-		unsigned i;
-
-		for (i = 0; i < CTL_CLIENTS_MAX; i++)
-			if (vm->clients[i].in_use)
-				client_close(&vm->clients[i]);
-		close(vm->listen_fd);
-		unlink(vm->ctl_path);
-	}
 	return vm->exit_code;
+}
+
+/* Destroy the VM, then remove the control socket: once the socket is gone,
+ * the VM's TAP and disk are free for a restore to take. */
+static void vm_teardown(struct vm *vm)
+{
+	unsigned i;
+
+	vm->ops->destroy(vm->dom);
+	if (!vm->ctl_path || vm->listen_fd < 0)
+		return;
+	for (i = 0; i < CTL_CLIENTS_MAX; i++)
+		if (vm->clients[i].in_use)
+			client_close(&vm->clients[i]);
+	close(vm->listen_fd);
+	unlink(vm->ctl_path);
 }
 
 static int open_console(const char *path)
@@ -605,7 +612,7 @@ static int do_run(int argc, char **argv)
 	}
 	vm.ctl_path = o.control;
 	code = vm_serve(&vm);
-	vm.ops->destroy(vm.dom);
+	vm_teardown(&vm);
 	return code;
 }
 
@@ -642,7 +649,7 @@ static int do_restore(int argc, char **argv)
 	kvm_net_announce(vm.dom); /* peers learn where the guest lives now */
 	vm.ctl_path = o.control;
 	code = vm_serve(&vm);
-	vm.ops->destroy(vm.dom);
+	vm_teardown(&vm);
 	return code;
 }
 

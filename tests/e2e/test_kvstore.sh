@@ -245,3 +245,54 @@ start_vm "$T/boot3.log"
 expect_cli "hello world" GET greeting
 expect_cli "$ctr" GET ctr0
 ok "a second restart replays the same log: $(grep replayed "$T/boot3.log" | sed 's/kvstore: //')"
+
+# ---- Save and restore ---------------------------------------------------------
+# A running kvstore is saved to a file and restored: the data is intact, a
+# client connection that sat idle across the save/restore carries on (its
+# TCP state lives in guest memory), and the guest keeps answering.
+kill -9 "$VMPID"
+wait "$VMPID" 2>/dev/null
+S=$T/kv.sock
+NET=tap=ftkt0,mac=52:54:00:78:00:02,ip=$GIP/24,bridge=br0
+bg ip netns exec "$H" "$FTVM" run --image "$KVSTORE" --mem 256M --disk "$T/disk.img" \
+	--console "$T/boot4.log" --net "$NET" --control "$S"
+VMPID=$!
+wait_for 20 grep -q '^kvstore: listening on' "$T/boot4.log" || fail "kvstore (4) did not start"
+expect_cli OK SET before-save yes
+ip netns exec "$C" python3 - "$GIP" "$T/restored" > "$T/idle.log" 2>&1 <<'PY' &
+import os, socket, sys, time
+ip, flag = sys.argv[1], sys.argv[2]
+s = socket.create_connection((ip, 6379), timeout=30)
+def cmd(*args):
+    s.sendall(b"*%d\r\n" % len(args) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+    buf = b""
+    while not buf.endswith(b"\r\n"):
+        buf += s.recv(4096)
+    return buf
+assert cmd(b"SET", b"idle", b"1") == b"+OK\r\n"
+print("connected", flush=True)
+while not os.path.exists(flag):
+    time.sleep(0.05)
+assert cmd(b"INCR", b"idle") == b":2\r\n", "INCR after restore"
+assert cmd(b"GET", b"before-save") == b"$3\r\nyes\r\n"
+print("idle connection carried on after restore", flush=True)
+PY
+idle=$!
+_pids+=($idle)
+wait_for 10 grep -q connected "$T/idle.log" || fail "idle client: $(cat "$T/idle.log")"
+ctl "$S" save "$T/kv.fts" --stop >/dev/null || fail "save kvstore"
+wait_for 10 test ! -S "$S" || fail "kvstore ftvm did not stop after save"
+bg ip netns exec "$H" "$FTVM" restore --from "$T/kv.fts" --disk "$T/disk.img" \
+	--net "$NET" --control "$S" --console "$T/restore.log"
+VMPID=$!
+wait_for 10 test -S "$S" || fail "kvstore restore failed: $(cat "$T/restore.log")"
+touch "$T/restored"
+wait "$idle" || fail "idle connection: $(cat "$T/idle.log")"
+ok "$(tail -n1 "$T/idle.log")"
+expect_cli yes GET before-save
+expect_cli "hello world" GET greeting
+expect_cli "$ctr" GET ctr0
+out=$(ip netns exec "$C" timeout 60 redis-benchmark -h "$GIP" -t set,get -n 2000 -q 2>&1) ||
+	fail "redis-benchmark after restore: $out"
+ok "after restore: data intact, serving ($(tr '\r' '\n' <<< "$out" | grep -c 'requests per second') benchmarks ran)"
