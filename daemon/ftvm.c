@@ -501,6 +501,8 @@ static void usage(FILE *f)
 	      "  --net SPEC       NIC: tap=NAME,mac=MAC[,ip=A.B.C.D/N][,gw=A.B.C.D]\n"
 	      "                   [,bridge=BR][,host-ip=A.B.C.D/N]\n"
 	      "  --disk FILE      raw disk image (size a multiple of 512 bytes)\n"
+	      "  --disk-size SIZE create a missing disk image this size; refuse an\n"
+	      "                   existing one of another size (default: its size)\n"
 	      "  --verbose        debug logging\n"
 	      "run options:\n"
 	      "  --image FILE     static ELF guest (guest/*.elf)\n"
@@ -517,7 +519,8 @@ static void usage(FILE *f)
 }
 
 enum { OPT_IMAGE = 1, OPT_MEM, OPT_CMDLINE, OPT_CONSOLE, OPT_CONTROL,
-       OPT_FROM, OPT_VERBOSE, OPT_HELP, OPT_STOP, OPT_NET, OPT_DISK };
+       OPT_FROM, OPT_VERBOSE, OPT_HELP, OPT_STOP, OPT_NET, OPT_DISK,
+       OPT_DISK_SIZE };
 
 static const struct option long_opts[] = {
 	{ "image", required_argument, NULL, OPT_IMAGE },
@@ -531,13 +534,14 @@ static const struct option long_opts[] = {
 	{ "stop", no_argument, NULL, OPT_STOP },
 	{ "net", required_argument, NULL, OPT_NET },
 	{ "disk", required_argument, NULL, OPT_DISK },
+	{ "disk-size", required_argument, NULL, OPT_DISK_SIZE },
 	{ NULL, 0, NULL, 0 },
 };
 
 struct opts {
 	const char *image, *cmdline, *console, *control, *from, *disk;
 	struct kvm_net_cfg net;
-	uint64_t mem;
+	uint64_t mem, disk_size;
 	bool stop;
 };
 
@@ -556,6 +560,14 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case OPT_FROM: o->from = optarg; break;
 		case OPT_STOP: o->stop = true; break;
 		case OPT_DISK: o->disk = optarg; break;
+		case OPT_DISK_SIZE:
+			if (parse_size(optarg, &o->disk_size) ||
+			    !o->disk_size) {
+				log_err("--disk-size %s: not a size (try 64M)",
+					optarg);
+				return -EINVAL;
+			}
+			break;
 		case OPT_NET:
 			if (kvm_net_parse(optarg, &o->net))
 				return -EINVAL;
@@ -598,7 +610,8 @@ static int do_run(int argc, char **argv)
 	}
 	info = (struct hv_dom_info){ .mem_size = o.mem, .nr_vcpus = 1,
 				     .page_size = HV_PAGE_SIZE };
-	cfg = (struct kvm_cfg){ .net = o.net, .disk = o.disk };
+	cfg = (struct kvm_cfg){ .net = o.net, .disk = o.disk,
+			       .disk_size = o.disk_size };
 	cfg.console_fd = open_console(o.console);
 	if (cfg.console_fd < 0 || kvm_probe())
 		return EXIT_VMM_ERROR;
@@ -630,7 +643,8 @@ static int do_restore(int argc, char **argv)
 		log_err("restore needs --from FILE");
 		return EXIT_VMM_ERROR;
 	}
-	cfg = (struct kvm_cfg){ .net = o.net, .disk = o.disk };
+	cfg = (struct kvm_cfg){ .net = o.net, .disk = o.disk,
+			       .disk_size = o.disk_size };
 	cfg.console_fd = open_console(o.console);
 	if (cfg.console_fd < 0 || kvm_probe())
 		return EXIT_VMM_ERROR;

@@ -35,6 +35,9 @@ struct kvm_cfg {
 	int console_fd;            /* guest console output goes here (not owned) */
 	struct kvm_net_cfg net;
 	const char *disk;          /* raw image file for the block device, or NULL */
+	uint64_t disk_size;        /* bytes: create the image this size if it is
+				    * missing, refuse it if it has another size;
+				    * 0: the image's own size */
 };
 
 /* Parse a NIC spec "tap=NAME,mac=52:54:00:12:34:56,ip=10.0.0.2/24[,gw=A]

@@ -16,7 +16,7 @@
 #include "kvm_priv.h"
 #include "log.h"
 
-int kvm_blk_init(struct hv_domain *d, const char *path)
+int kvm_blk_init(struct hv_domain *d, const char *path, uint64_t size)
 {
 	struct kvm_blk *b = &d->blk;
 	struct stat sb;
@@ -25,7 +25,12 @@ int kvm_blk_init(struct hv_domain *d, const char *path)
 	b->fd = -1;
 	if (!path)
 		return 0;
-	b->fd = open(path, O_RDWR | O_CLOEXEC);
+	if (size % FT_BLOCK_SECTOR) {
+		log_err("disk size %llu is not a multiple of %d",
+			(unsigned long long)size, FT_BLOCK_SECTOR);
+		return -EINVAL;
+	}
+	b->fd = open(path, O_RDWR | O_CLOEXEC | (size ? O_CREAT : 0), 0600);
 	if (b->fd < 0) {
 		err = -errno;
 		log_err("disk %s: %s", path, strerror(errno));
@@ -34,6 +39,19 @@ int kvm_blk_init(struct hv_domain *d, const char *path)
 	if (fstat(b->fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
 		log_err("disk %s: not a regular file", path);
 		return -EINVAL;
+	}
+	/* A new image (empty, under our lock) gets the configured size; an
+	 * existing one is never resized behind its owner's back. */
+	if (size && (uint64_t)sb.st_size != size) {
+		if (sb.st_size == 0 && flock(b->fd, LOCK_EX | LOCK_NB) == 0 &&
+		    ftruncate(b->fd, (off_t)size) == 0) {
+			sb.st_size = (off_t)size;
+		} else {
+			log_err("disk %s is %lld bytes, but its configured size "
+				"is %llu", path, (long long)sb.st_size,
+				(unsigned long long)size);
+			return -EINVAL;
+		}
 	}
 	if (sb.st_size <= 0 || sb.st_size % FT_BLOCK_SECTOR) {
 		log_err("disk %s: %lld bytes, not a positive multiple of %d",

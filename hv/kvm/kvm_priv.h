@@ -134,8 +134,9 @@ int64_t kvm_net_recv(struct hv_domain *d, struct ft_hc_net_batch *a);
 int kvm_net_save(struct hv_domain *d, hv_dev_cb cb, void *ctx);
 int kvm_net_load(struct hv_domain *d, const struct hv_dev_rec *rec);
 
-/* kvm_blk.c: the disk.  init with path NULL sets up "no disk". */
-int kvm_blk_init(struct hv_domain *d, const char *path);
+/* kvm_blk.c: the disk.  init with path NULL sets up "no disk"; see
+ * struct kvm_cfg for `size`. */
+int kvm_blk_init(struct hv_domain *d, const char *path, uint64_t size);
 void kvm_blk_fini(struct hv_domain *d);
 int64_t kvm_blk_info(struct hv_domain *d, struct ft_hc_block_info *a);
 int64_t kvm_blk_io(struct hv_domain *d, struct ft_hc_block_io *a, bool write);

@@ -323,7 +323,7 @@ int kvm_create_opts(const struct hv_dom_info *info, const struct kvm_cfg *kc,
 	if (kc) {
 		err = kvm_net_init(d, &kc->net);
 		if (!err)
-			err = kvm_blk_init(d, kc->disk);
+			err = kvm_blk_init(d, kc->disk, kc->disk_size);
 		if (err)
 			goto fail;
 	}

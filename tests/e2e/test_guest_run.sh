@@ -57,3 +57,12 @@ bg ip netns exec "$ns" "$FTVM" run --image "$HELLO" --mem 16M --cmdline spin \
 	--disk "$T/disk.img" --console /dev/null
 sleep 0.5
 expect_fail 125 'in use by another VM' "$FTVM" run --image "$HELLO" --disk "$T/disk.img"
+# --disk-size creates a missing image at that size, never resizes another.
+"$FTVM" run --image "$HELLO" --mem 16M --cmdline "" --disk "$T/new.img" --disk-size 8M \
+	> /dev/null 2>&1 || fail "--disk-size did not create the image"
+[ "$(stat -c %s "$T/new.img")" = 8388608 ] || fail "new image is $(stat -c %s "$T/new.img") bytes"
+expect_fail 125 'is 8388608 bytes, but its configured size is 16777216' \
+	"$FTVM" run --image "$HELLO" --disk "$T/new.img" --disk-size 16M
+[ "$(stat -c %s "$T/new.img")" = 8388608 ] || fail "a refused --disk-size resized the image"
+expect_fail 125 'disk size 1000 is not a multiple of 512' \
+	"$FTVM" run --image "$HELLO" --disk "$T/new.img" --disk-size 1000
