@@ -741,13 +741,11 @@ static void write_seeds(const char *dir)
 
 /* Replay: run each file named on the command line; -v traces each step;
  * -s DIR writes the crafted seeds to DIR instead. */
+#include "fuzz_replay.h"
+
 int main(int argc, char **argv)
 {
 	for (int i = 1; i < argc; i++) {
-		FILE *fp;
-		uint8_t *buf;
-		long n;
-
 		if (!strcmp(argv[i], "-v")) {
 			verbose = true;
 			continue;
@@ -756,22 +754,8 @@ int main(int argc, char **argv)
 			write_seeds(argv[++i]);
 			continue;
 		}
-		fp = fopen(argv[i], "rb");
-		if (!fp || fseek(fp, 0, SEEK_END) || (n = ftell(fp)) < 0 ||
-		    fseek(fp, 0, SEEK_SET)) {
-			perror(argv[i]);
+		if (fuzz_replay_file(argv[i]))
 			return 2;
-		}
-		buf = malloc((size_t)n + 1);
-		if (!buf || fread(buf, 1, (size_t)n, fp) != (size_t)n) {
-			perror(argv[i]);
-			return 2;
-		}
-		fclose(fp);
-		printf("%s:\n", argv[i]);
-		fflush(stdout);
-		LLVMFuzzerTestOneInput(buf, (size_t)n);
-		free(buf);
 	}
 	return 0;
 }

@@ -221,30 +221,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #ifndef FT_LIBFUZZER
 /* Replay: run each file through the target; the reader's verdict goes to
  * stderr. */
+#include "fuzz_replay.h"
+
 int main(int argc, char **argv)
 {
 	quiet = false;
-	for (int i = 1; i < argc; i++) {
-		FILE *f = fopen(argv[i], "rb");
-		uint8_t *buf;
-		long n;
-
-		if (!f || fseek(f, 0, SEEK_END) || (n = ftell(f)) < 0 ||
-		    fseek(f, 0, SEEK_SET)) {
-			perror(argv[i]);
+	for (int i = 1; i < argc; i++)
+		if (fuzz_replay_file(argv[i]))
 			return 2;
-		}
-		buf = malloc((size_t)n + 1);
-		if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-			perror(argv[i]);
-			return 2;
-		}
-		fclose(f);
-		printf("%s:\n", argv[i]);
-		fflush(stdout);
-		LLVMFuzzerTestOneInput(buf, (size_t)n);
-		free(buf);
-	}
 	return 0;
 }
 #endif
