@@ -241,12 +241,11 @@ int stream_write_domain(struct stream_writer *w, uint64_t mem_size,
 }
 
 /*
- * True if the page is all zero.  Most non-zero pages differ in their
- * first bytes; a zero page is scanned with glibc's vectorised memcmp
- * against itself shifted by 8 bytes (equal, and the first 8 bytes zero,
- * means every byte is zero).
+ * Most non-zero pages differ in their first bytes; a zero page is scanned
+ * with glibc's vectorised memcmp against itself shifted by 8 bytes (equal,
+ * and the first 8 bytes zero, means every byte is zero).
  */
-static bool page_is_zero(const void *page)
+bool stream_page_is_zero(const void *page)
 {
 	const unsigned char *p = page;
 	uint64_t head;
@@ -275,7 +274,7 @@ static int write_batch(struct stream_writer *w, const uint64_t *pfns,
 		struct ft_page_desc d = {.pfn = pfns[i]};
 		int clen = 0;
 
-		if (page_is_zero(pages[i])) {
+		if (stream_page_is_zero(pages[i])) {
 			d.enc = FT_PAGE_ZERO;
 			st.pages_zero++;
 		} else if (w->comp == STREAM_COMP_LZ4 &&

@@ -40,18 +40,6 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * NSEC_PER_SEC + (uint64_t)ts.tv_nsec;
 }
 
-static bool page_is_zero(const void *p)
-{
-	const uint64_t *w = p;
-	unsigned i;
-
-	for (i = 0; i < HV_PAGE_SIZE / 8; i += 8)
-		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] |
-		    w[i + 5] | w[i + 6] | w[i + 7])
-			return false;
-	return true;
-}
-
 void mig_params_init(struct mig_params *p)
 {
 	*p = (struct mig_params){
@@ -168,7 +156,7 @@ static int send_batch(struct mig_sender *s, const uint64_t *pfns, unsigned n,
 	if (err)
 		return err;
 	for (i = 0, k = 0; i < n; i++) {
-		bool zero = page_is_zero(ptrs[i]);
+		bool zero = stream_page_is_zero(ptrs[i]);
 
 		if (zero)
 			r->zero_pages++;

@@ -19,18 +19,6 @@
 
 #define SAVE_BATCH FT_PAGE_BATCH_MAX
 
-static bool page_is_zero(const void *p)
-{
-	const uint64_t *w = p;
-	unsigned i;
-
-	for (i = 0; i < HV_PAGE_SIZE / 8; i += 8)
-		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] |
-		    w[i + 5] | w[i + 6] | w[i + 7])
-			return false;
-	return true;
-}
-
 static int save_pages(const struct hv_ops *ops, struct hv_domain *d,
 		      struct stream_writer *w, uint64_t nr_pfns,
 		      struct snap_stats *stats)
@@ -50,7 +38,7 @@ static int save_pages(const struct hv_ops *ops, struct hv_domain *d,
 		if (err)
 			return err;
 		for (i = 0, k = 0; i < n; i++) {
-			if (page_is_zero(ptrs[i])) {
+			if (stream_page_is_zero(ptrs[i])) {
 				stats->zero_pages++;
 				continue;
 			}
