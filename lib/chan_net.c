@@ -353,6 +353,29 @@ static int tls_fail(const char *name, const char *what, SSL *ssl, int r,
 	return err;
 }
 
+/*
+ * After a non-blocking SSL call of the handshake returned `r` (not 1):
+ * if it only needs the socket readable or writable, wait for that until
+ * `deadline` and return 0 (call it again); else return -errno with the
+ * cause logged (`timeout_msg` when the deadline passed).  Reads errno as
+ * the SSL call left it.
+ */
+static int tls_step_wait(const char *name, SSL *ssl, int fd, int r,
+			 long long deadline, const char *timeout_msg)
+{
+	int saved = errno, e = SSL_get_error(ssl, r), err;
+
+	if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+		return tls_fail(name, "TLS handshake", ssl, r, saved);
+	err = wait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT,
+		      deadline);
+	if (err == -ETIMEDOUT)
+		log_err("%s: %s", name, timeout_msg);
+	else if (err)
+		log_err("%s: poll failed: %s", name, strerror(-err));
+	return err;
+}
+
 /* Log OpenSSL's error queue for a setup step. */
 static int tls_setup_fail(const char *what, const char *file)
 {
@@ -594,30 +617,18 @@ static int tls_start(int fd, char *name, const struct chan_tls_cfg *cfg,
 		goto fail;
 
 	for (;;) {
-		int r, e;
+		int r;
 
 		ERR_clear_error();
 		errno = 0;
 		r = server ? SSL_accept(t->ssl) : SSL_connect(t->ssl);
 		if (r == 1)
 			break;
-		e = SSL_get_error(t->ssl, r);
-		if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-			err = tls_fail(name, "TLS handshake", t->ssl, r, errno);
+		err = tls_step_wait(name, t->ssl, fd, r, deadline,
+				    "TLS handshake timed out (peer not "
+				    "speaking TLS?)");
+		if (err)
 			goto fail;
-		}
-		err = wait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT,
-			      deadline);
-		if (err) {
-			if (err == -ETIMEDOUT)
-				log_err("%s: TLS handshake timed out (peer "
-					"not speaking TLS?)",
-					name);
-			else
-				log_err("%s: poll failed: %s", name,
-					strerror(-err));
-			goto fail;
-		}
 	}
 
 	/* The confirmation byte: sent by the server, awaited by the
@@ -625,7 +636,7 @@ static int tls_start(int fd, char *name, const struct chan_tls_cfg *cfg,
 	for (;;) {
 		unsigned char b = CONFIRM_BYTE;
 		size_t k = 0;
-		int r, e;
+		int r;
 
 		ERR_clear_error();
 		errno = 0;
@@ -641,19 +652,11 @@ static int tls_start(int fd, char *name, const struct chan_tls_cfg *cfg,
 			}
 			break;
 		}
-		e = SSL_get_error(t->ssl, r);
-		if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-			err = tls_fail(name, "TLS handshake", t->ssl, r, errno);
+		err = tls_step_wait(name, t->ssl, fd, r, deadline,
+				    "no handshake confirmation from the "
+				    "peer: timed out");
+		if (err)
 			goto fail;
-		}
-		err = wait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT,
-			      deadline);
-		if (err) {
-			log_err("%s: no handshake confirmation from the "
-				"peer: %s",
-				name, strerror(-err));
-			goto fail;
-		}
 	}
 
 	err = set_nonblock(fd, false);
