@@ -6,7 +6,13 @@
  *
  *   ftvm run --image FILE [--mem SIZE] [--cmdline ARGS] [options]
  *   ftvm restore --from FILE [options]
+ *   ftvm incoming --listen ADDR [TLS options] [options]
  *   ftvm ctl --control SOCKET COMMAND [ARGS]
+ *
+ * Live migration runs on a worker thread (migrate/precopy.h) while the
+ * event loop keeps serving the control socket: the source side from the
+ * `migrate` command, the destination side in `ftvm incoming`.  The worker
+ * reports to the loop through an ev_async; the loop owns every client.
  *
  * Exit status: the guest's own status when it exits; 125 when ftvm itself
  * fails (bad arguments, unusable image or stream); 126 when the guest
@@ -24,14 +30,20 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "chan_net.h"
 #include "channel.h"
 #include "kvm/kvm.h"
 #include "log.h"
+#include "migrate/precopy.h"
 #include "migrate/snapshot.h"
+#include "stream.h"
 
 #define EXIT_VMM_ERROR 125
 #define EXIT_CRASHED   126
@@ -44,6 +56,46 @@ struct ctl_client {
 	char buf[CTL_LINE_MAX];
 	size_t len;
 	bool in_use;
+	bool waiting; /* a deferred reply (migrate) is due: read no more */
+	unsigned gen; /* bumped per connection, to spot a reused slot */
+};
+
+/* TLS settings of a migration, with room for the strings. */
+struct mig_tls {
+	struct chan_tls_cfg cfg;
+	char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX], peer[256];
+};
+
+enum mig_phase { MIG_NONE, MIG_ACTIVE, MIG_DONE };
+
+/* A migration on its worker thread, either direction. */
+struct mig_job {
+	struct vm *vm;
+	pthread_t thread;
+	ev_async async;
+	pthread_mutex_t lock; /* the fields below */
+	enum mig_phase phase;
+	struct mig_progress prog;
+	bool prog_new;
+	bool cancel;
+	int err;
+	struct mig_stats st;
+	/* source: request */
+	char to[256];
+	struct mig_tls tls;
+	struct mig_params p;
+	struct ctl_client *client; /* waiting for the reply, or NULL */
+	unsigned client_gen;
+	bool want_progress;
+	json_t *id;
+	/* destination */
+	int lfd;
+	unsigned timeout_ms;
+	const void *cfg;
+	const char *disk, *disk_tmp;
+	char msg[512];
+	uint64_t bytes_in;
+	struct chan *chan; /* while receiving, for bytes_in */
 };
 
 struct vm {
@@ -57,9 +109,17 @@ struct vm {
 	int listen_fd;
 	int exit_code;
 	bool paused;          /* paused by a control command */
+	bool in_doubt;        /* a migration left the VM paused: resolve */
+	bool incoming;        /* ftvm incoming, before the VM runs */
+	char listen_addr[300];
 	uint64_t started_ns;
+	struct mig_job mig;
+	json_t *last_mig;     /* the last migration's outcome, for status */
 	struct ctl_client clients[CTL_CLIENTS_MAX];
 };
+
+static void vm_attach(struct vm *vm);
+static void vm_watch(struct vm *vm);
 
 static uint64_t now_ns(void)
 {
@@ -129,24 +189,76 @@ static json_t *reply_err(const char *fmt, ...)
 	return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
 }
 
+static json_t *mig_progress_json(const struct mig_progress *pr)
+{
+	uint64_t eta = pr->rate ? pr->remaining * 1000 / pr->rate : 0;
+
+	return json_pack("{s:i, s:b, s:I, s:I, s:I, s:I, s:I, s:i}", "round",
+			 (int)pr->round, "paused", pr->paused, "sent",
+			 (json_int_t)pr->sent, "remaining",
+			 (json_int_t)pr->remaining, "rate",
+			 (json_int_t)pr->rate, "eta_ms", (json_int_t)eta,
+			 "elapsed_ms", (json_int_t)(pr->elapsed_ns / 1000000),
+			 "throttle", (int)pr->throttle);
+}
+
 static json_t *cmd_status(struct vm *vm, json_t *req)
 {
 	struct hv_status st;
 	struct hv_dom_info info;
+	json_t *rep;
 
+	if (vm->incoming) {
+		pthread_mutex_lock(&vm->mig.lock);
+		rep = json_pack("{s:b, s:s, s:s, s:I}", "ok", 1, "state",
+				"incoming", "listen", vm->listen_addr,
+				"bytes_in",
+				(json_int_t)(vm->mig.chan
+						     ? vm->mig.chan->bytes_in
+						     : vm->mig.bytes_in));
+		pthread_mutex_unlock(&vm->mig.lock);
+		return rep;
+	}
 	vm->ops->status(vm->dom, &st);
 	vm->ops->info(vm->dom, &info);
-	return json_pack("{s:b, s:s, s:I, s:I, s:I, s:I, s:s}", "ok", 1,
-			 "state", state_name(st.state), "mem",
-			 (json_int_t)info.mem_size, "exits",
-			 (json_int_t)st.exits, "hypercalls",
-			 (json_int_t)st.hypercalls, "uptime_ms",
-			 (json_int_t)((now_ns() - vm->started_ns) / 1000000),
-			 "reason", st.reason);
+	rep = json_pack("{s:b, s:s, s:I, s:I, s:I, s:I, s:s}", "ok", 1,
+			"state",
+			vm->mig.phase == MIG_ACTIVE ? "migrating"
+			: vm->in_doubt		    ? "in-doubt"
+						    : state_name(st.state),
+			"mem", (json_int_t)info.mem_size, "exits",
+			(json_int_t)st.exits, "hypercalls",
+			(json_int_t)st.hypercalls, "uptime_ms",
+			(json_int_t)((now_ns() - vm->started_ns) / 1000000),
+			"reason", st.reason);
+	if (vm->mig.phase == MIG_ACTIVE) {
+		pthread_mutex_lock(&vm->mig.lock);
+		json_object_set_new(rep, "migration",
+				    mig_progress_json(&vm->mig.prog));
+		pthread_mutex_unlock(&vm->mig.lock);
+	}
+	if (vm->last_mig)
+		json_object_set(rep, "last_migration", vm->last_mig);
+	return rep;
+}
+
+/* Commands that change the VM are refused while it is moving. */
+static json_t *busy(struct vm *vm)
+{
+	if (vm->mig.phase == MIG_ACTIVE)
+		return reply_err("a migration is in progress");
+	if (vm->in_doubt)
+		return reply_err("a migration is in doubt: the VM may run on "
+				 "the destination; use \"resolve\" first");
+	return NULL;
 }
 
 static json_t *cmd_pause(struct vm *vm, json_t *req)
 {
+	json_t *b = busy(vm);
+
+	if (b)
+		return b;
 	if (vm->paused)
 		return reply_err("already paused");
 	vm->ops->pause(vm->dom);
@@ -156,6 +268,10 @@ static json_t *cmd_pause(struct vm *vm, json_t *req)
 
 static json_t *cmd_resume(struct vm *vm, json_t *req)
 {
+	json_t *b = busy(vm);
+
+	if (b)
+		return b;
 	if (!vm->paused)
 		return reply_err("not paused");
 	vm->ops->unpause(vm->dom);
@@ -182,6 +298,10 @@ static json_t *cmd_save(struct vm *vm, json_t *req)
 	uint64_t t0 = now_ns(), t1;
 	int err;
 
+	json_t *b = busy(vm);
+
+	if (b)
+		return b;
 	if (!file)
 		return reply_err("save needs \"file\": a path");
 	if (stop_j && !json_is_boolean(stop_j))
@@ -223,6 +343,10 @@ static json_t *cmd_dump(struct vm *vm, json_t *req)
 	const char *file = req_file(req);
 	int fd, err;
 
+	json_t *b = busy(vm);
+
+	if (b)
+		return b;
 	if (!file)
 		return reply_err("dump needs \"file\": a path");
 	fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -240,8 +364,325 @@ static json_t *cmd_dump(struct vm *vm, json_t *req)
 
 static json_t *cmd_quit(struct vm *vm, json_t *req)
 {
+	if (vm->mig.phase == MIG_ACTIVE)
+		return reply_err("a migration is in progress (migrate-cancel "
+				 "ends it)");
 	vm_stop(vm, 0);
 	return json_pack("{s:b}", "ok", 1);
+}
+
+
+/* ---- live migration: source ------------------------------------------ */
+
+static void client_reply(struct ctl_client *cl, json_t *rep);
+static void client_resume(struct ctl_client *cl);
+
+/* mig_send's progress callback (worker thread). */
+static int mig_progress_cb(void *ctx, const struct mig_progress *pr)
+{
+	struct mig_job *j = ctx;
+	bool cancel;
+
+	pthread_mutex_lock(&j->lock);
+	j->prog = *pr;
+	j->prog_new = true;
+	cancel = j->cancel;
+	pthread_mutex_unlock(&j->lock);
+	ev_async_send(j->vm->loop, &j->async);
+	return cancel ? -ECANCELED : 0;
+}
+
+static void *mig_send_main(void *arg)
+{
+	struct mig_job *j = arg;
+	struct chan *c = NULL;
+	int err;
+
+	err = chan_net_connect(j->to, &j->tls.cfg, (int)j->p.timeout_ms, &c);
+	if (err) {
+		snprintf(j->st.error, sizeof(j->st.error),
+			 "cannot connect to %.100s: %s", j->to,
+			 err == -EACCES	     ? "certificate refused (see the log)"
+			 : err == -EPROTO    ? "the peer does not speak TLS 1.3"
+			 : err == -ETIMEDOUT ? "timed out"
+					     : strerror(-err));
+	} else {
+		err = mig_send(j->vm->ops, j->vm->dom, c, &j->p, &j->st);
+		chan_close(c);
+	}
+	pthread_mutex_lock(&j->lock);
+	j->err = err;
+	j->phase = MIG_DONE;
+	pthread_mutex_unlock(&j->lock);
+	ev_async_send(j->vm->loop, &j->async);
+	return NULL;
+}
+
+/* The client waiting for the migration's reply, if it is still there. */
+static struct ctl_client *mig_client(struct mig_job *j)
+{
+	struct ctl_client *cl = j->client;
+
+	return cl && cl->in_use && cl->gen == j->client_gen ? cl : NULL;
+}
+
+static json_t *mig_summary(const struct mig_stats *st)
+{
+	return json_pack("{s:b, s:f, s:f, s:f, s:I, s:i, s:I, s:I, s:I, s:i}",
+			 "ok", 1, "total_ms", (double)st->total_ns / 1e6,
+			 "downtime_ms", (double)st->downtime_ns / 1e6,
+			 "stop_copy_ms", (double)st->stop_copy_ns / 1e6,
+			 "bytes", (json_int_t)st->bytes, "rounds",
+			 (int)st->rounds, "pages", (json_int_t)st->pages,
+			 "final_pages", (json_int_t)st->final_pages,
+			 "disk_blocks", (json_int_t)st->disk_blocks,
+			 "throttle", (int)st->throttle);
+}
+
+/* The loop's side of the source worker: progress events, the end. */
+static void mig_send_async(struct vm *vm)
+{
+	struct mig_job *j = &vm->mig;
+	struct ctl_client *cl = mig_client(j);
+	struct mig_progress pr;
+	bool prog_new, done;
+	json_t *rep;
+
+	pthread_mutex_lock(&j->lock);
+	pr = j->prog;
+	prog_new = j->prog_new;
+	j->prog_new = false;
+	done = j->phase == MIG_DONE;
+	pthread_mutex_unlock(&j->lock);
+	if (prog_new && cl && j->want_progress && !done) {
+		rep = mig_progress_json(&pr);
+		json_object_set_new(rep, "event", json_string("progress"));
+		if (j->id)
+			json_object_set(rep, "id", j->id);
+		client_reply(cl, rep);
+	}
+	if (!done)
+		return;
+	pthread_join(j->thread, NULL);
+	j->phase = MIG_NONE;
+	if (!j->err) {
+		rep = mig_summary(&j->st);
+		log_info("migrated to %s in %.0f ms (downtime %.1f ms); this "
+			 "copy stops",
+			 j->to, (double)j->st.total_ns / 1e6,
+			 (double)j->st.downtime_ns / 1e6);
+		vm_stop(vm, 0);
+	} else if (j->err == -EINPROGRESS) {
+		vm->in_doubt = true;
+		rep = json_pack("{s:b, s:s, s:s}", "ok", 0, "error",
+				j->st.error, "state", "in-doubt");
+	} else {
+		rep = json_pack("{s:b, s:s, s:s}", "ok", 0, "error",
+				j->st.error, "state", "running");
+		log_err("migration to %s failed: %s; the VM keeps running "
+			"here",
+			j->to, j->st.error);
+	}
+	json_decref(vm->last_mig);
+	vm->last_mig = json_deep_copy(rep);
+	json_object_set_new(vm->last_mig, "to", json_string(j->to));
+	if (j->id)
+		json_object_set(rep, "id", j->id);
+	json_decref(j->id);
+	j->id = NULL;
+	if (cl) {
+		client_reply(cl, rep);
+		client_resume(cl);
+	} else {
+		json_decref(rep);
+	}
+}
+
+/* Copy an optional string member into dst; false if it is not a string
+ * or too long. */
+static bool req_str(json_t *req, const char *key, char *dst, size_t len)
+{
+	json_t *v = json_object_get(req, key);
+
+	if (!v)
+		return true;
+	if (!json_is_string(v) || json_string_length(v) >= len)
+		return false;
+	memcpy(dst, json_string_value(v), json_string_length(v) + 1);
+	return true;
+}
+
+/* An optional non-negative integer member. */
+static bool req_uint(json_t *req, const char *key, uint64_t max,
+		     uint64_t *out)
+{
+	json_t *v = json_object_get(req, key);
+
+	if (!v)
+		return true;
+	if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+	    (uint64_t)json_integer_value(v) > max)
+		return false;
+	*out = (uint64_t)json_integer_value(v);
+	return true;
+}
+
+static bool req_bool(json_t *req, const char *key, bool *out)
+{
+	json_t *v = json_object_get(req, key);
+
+	if (!v)
+		return true;
+	if (!json_is_boolean(v))
+		return false;
+	*out = json_is_true(v);
+	return true;
+}
+
+static json_t *cmd_migrate(struct vm *vm, json_t *req, struct ctl_client *cl)
+{
+	struct mig_job *j = &vm->mig;
+	uint64_t downtime = MIG_DEFAULT_DOWNTIME_NS / 1000000, bw = 0,
+		 timeout = MIG_DEFAULT_TIMEOUT_MS;
+	bool insecure = false, abort_busy = false, autoconv = true,
+	     progress = false, compress = false;
+	json_t *b = busy(vm);
+	int err;
+
+	if (b)
+		return b;
+	if (vm->paused)
+		return reply_err("the VM is paused by a command; resume it "
+				 "first");
+	memset(j->to, 0, sizeof(j->to));
+	memset(&j->tls, 0, sizeof(j->tls));
+	if (!req_str(req, "to", j->to, sizeof(j->to)) || !j->to[0])
+		return reply_err("migrate needs \"to\": \"HOST:PORT\"");
+	if (!req_uint(req, "downtime_ms", 60000, &downtime) || !downtime)
+		return reply_err("\"downtime_ms\" must be 1..60000");
+	if (!req_uint(req, "bandwidth", UINT64_MAX >> 1, &bw))
+		return reply_err("\"bandwidth\" must be bytes per second "
+				 "(0: unlimited)");
+	if (!req_uint(req, "timeout_ms", 600000, &timeout) || timeout < 100)
+		return reply_err("\"timeout_ms\" must be 100..600000");
+	if (!req_bool(req, "insecure", &insecure) ||
+	    !req_bool(req, "abort_if_busy", &abort_busy) ||
+	    !req_bool(req, "auto_converge", &autoconv) ||
+	    !req_bool(req, "progress", &progress) ||
+	    !req_bool(req, "compress", &compress))
+		return reply_err("\"insecure\", \"abort_if_busy\", "
+				 "\"auto_converge\", \"progress\" and "
+				 "\"compress\" must be true or false");
+	if (!req_str(req, "ca", j->tls.ca, sizeof(j->tls.ca)) ||
+	    !req_str(req, "cert", j->tls.cert, sizeof(j->tls.cert)) ||
+	    !req_str(req, "key", j->tls.key, sizeof(j->tls.key)) ||
+	    !req_str(req, "peer_name", j->tls.peer, sizeof(j->tls.peer)))
+		return reply_err("\"ca\", \"cert\", \"key\" and \"peer_name\" "
+				 "must be strings");
+	if (!insecure && (!j->tls.ca[0] || !j->tls.cert[0] || !j->tls.key[0]))
+		return reply_err("migrate needs \"ca\", \"cert\" and \"key\" "
+				 "(TLS with certificates), or \"insecure\": "
+				 "true for plain TCP (benchmarks only)");
+	j->tls.cfg = (struct chan_tls_cfg){
+		.ca_file = j->tls.ca[0] ? j->tls.ca : NULL,
+		.cert_file = j->tls.cert[0] ? j->tls.cert : NULL,
+		.key_file = j->tls.key[0] ? j->tls.key : NULL,
+		.peer_name = j->tls.peer[0] ? j->tls.peer : NULL,
+		.insecure = insecure,
+	};
+	mig_params_init(&j->p);
+	j->p.downtime_ns = downtime * 1000000;
+	j->p.max_rate = bw;
+	j->p.abort_if_busy = abort_busy;
+	j->p.auto_converge = autoconv;
+	j->p.timeout_ms = (unsigned)timeout;
+	j->p.compress = compress ? STREAM_COMP_LZ4 : STREAM_COMP_NONE;
+	j->p.progress = mig_progress_cb;
+	j->p.progress_ctx = j;
+	memset(&j->st, 0, sizeof(j->st));
+	j->cancel = j->prog_new = false;
+	memset(&j->prog, 0, sizeof(j->prog));
+	j->client = cl;
+	j->client_gen = cl->gen;
+	j->want_progress = progress;
+	j->id = json_incref(json_object_get(req, "id"));
+	j->phase = MIG_ACTIVE;
+	err = -pthread_create(&j->thread, NULL, mig_send_main, j);
+	if (err) {
+		j->phase = MIG_NONE;
+		json_decref(j->id);
+		j->id = NULL;
+		return reply_err("cannot start the migration: %s",
+				 strerror(-err));
+	}
+	log_info("migrating to %s%s", j->to,
+		 insecure ? " (insecure: plain TCP)" : "");
+	cl->waiting = true;
+	return NULL; /* the reply comes when it ends */
+}
+
+static json_t *cmd_migrate_cancel(struct vm *vm, json_t *req)
+{
+	if (vm->mig.phase != MIG_ACTIVE)
+		return reply_err("no migration in progress");
+	pthread_mutex_lock(&vm->mig.lock);
+	vm->mig.cancel = true;
+	pthread_mutex_unlock(&vm->mig.lock);
+	return json_pack("{s:b}", "ok", 1);
+}
+
+static json_t *cmd_resolve(struct vm *vm, json_t *req)
+{
+	json_t *moved = json_object_get(req, "moved");
+
+	if (!vm->in_doubt)
+		return reply_err("no migration is in doubt");
+	if (!json_is_boolean(moved))
+		return reply_err("resolve needs \"moved\": true (the "
+				 "destination runs the VM: stop here) or "
+				 "false (it does not: resume here)");
+	vm->in_doubt = false;
+	if (json_is_true(moved)) {
+		log_info("resolved: the VM runs on the destination; this copy "
+			 "stops");
+		vm_stop(vm, 0);
+		return json_pack("{s:b, s:s}", "ok", 1, "state", "moved");
+	}
+	log_info("resolved: the VM did not move; resuming it here");
+	vm->ops->unpause(vm->dom);
+	return json_pack("{s:b, s:s}", "ok", 1, "state", "running");
+}
+
+static void mig_async_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+	struct vm *vm = w->data;
+
+	if (vm->incoming)
+		vm_attach(vm);
+	else
+		mig_send_async(vm);
+}
+
+/* Run on a signal while a migration is in progress: make it end soon and
+ * wait for it, so that the VM is not torn down under the worker. */
+static void mig_abandon(struct vm *vm)
+{
+	if (vm->mig.phase == MIG_NONE)
+		return;
+	pthread_mutex_lock(&vm->mig.lock);
+	vm->mig.cancel = true;
+	pthread_mutex_unlock(&vm->mig.lock);
+	log_info("waiting for the migration to end");
+	pthread_join(vm->mig.thread, NULL);
+	vm->mig.phase = MIG_NONE;
+	if (vm->mig.err == -EINPROGRESS || (!vm->mig.err && !vm->incoming))
+		log_err("the migration completed or is in doubt: this copy "
+			"must not run; stopping it");
+}
+
+static json_t *cmd_migrate_fn(struct vm *vm, json_t *req)
+{
+	return NULL; /* dispatched with its client in ctl_handle */
 }
 
 static const struct {
@@ -255,9 +696,13 @@ static const struct {
 	{ "save", cmd_save, "{\"file\": PATH, \"stop\": BOOL} save the VM" },
 	{ "dump", cmd_dump, "{\"file\": PATH} raw guest RAM image" },
 	{ "quit", cmd_quit, "stop the VM and ftvm" },
+	{ "migrate", cmd_migrate_fn, "{\"to\": HOST:PORT, ...} live migration" },
+	{ "migrate-cancel", cmd_migrate_cancel, "end a migration in progress" },
+	{ "resolve", cmd_resolve, "{\"moved\": BOOL} after an in-doubt migration" },
 };
 
-static json_t *ctl_handle(struct vm *vm, const char *line)
+static json_t *ctl_handle(struct vm *vm, const char *line,
+			  struct ctl_client *cl)
 {
 	json_error_t jerr;
 	json_t *req, *rep, *id;
@@ -274,9 +719,21 @@ static json_t *ctl_handle(struct vm *vm, const char *line)
 	}
 	cmd = json_string_value(json_object_get(req, "cmd"));
 	rep = NULL;
-	for (i = 0; cmd && i < sizeof(commands) / sizeof(commands[0]); i++)
-		if (!strcmp(cmd, commands[i].name))
-			rep = commands[i].fn(vm, req);
+	if (vm->incoming && cmd && strcmp(cmd, "status")) {
+		rep = reply_err("an incoming migration is in progress: only "
+				"\"status\" works");
+	} else if (cmd && !strcmp(cmd, "migrate")) {
+		rep = cmd_migrate(vm, req, cl);
+		if (!rep) {
+			json_decref(req);
+			return NULL;
+		}
+	} else {
+		for (i = 0; cmd && i < sizeof(commands) / sizeof(commands[0]);
+		     i++)
+			if (!strcmp(cmd, commands[i].name))
+				rep = commands[i].fn(vm, req);
+	}
 	if (!rep)
 		rep = cmd ? reply_err("unknown command \"%s\"", cmd)
 			  : reply_err("request has no \"cmd\" string");
@@ -314,10 +771,42 @@ static void client_reply(struct ctl_client *cl, json_t *rep)
 	free(s);
 }
 
+/* Answer the complete lines in cl->buf, stopping at a deferred reply. */
+static void client_process(struct ctl_client *cl)
+{
+	char *nl;
+	json_t *rep;
+
+	while (!cl->waiting && (nl = memchr(cl->buf, '\n', cl->len))) {
+		*nl = '\0';
+		if (nl > cl->buf) {
+			rep = ctl_handle(cl->vm, cl->buf, cl);
+			if (rep)
+				client_reply(cl, rep);
+		}
+		if (!cl->in_use)
+			return;
+		cl->len -= (size_t)(nl + 1 - cl->buf);
+		memmove(cl->buf, nl + 1, cl->len);
+		cl->buf[cl->len] = '\0';
+	}
+	if (cl->waiting)
+		ev_io_stop(cl->vm->loop, &cl->io);
+}
+
+/* The deferred reply went out: read on. */
+static void client_resume(struct ctl_client *cl)
+{
+	cl->waiting = false;
+	if (!cl->in_use)
+		return;
+	ev_io_start(cl->vm->loop, &cl->io);
+	client_process(cl);
+}
+
 static void client_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct ctl_client *cl = (struct ctl_client *)w;
-	char *nl;
 	ssize_t n;
 
 	n = recv(w->fd, cl->buf + cl->len, sizeof(cl->buf) - 1 - cl->len, 0);
@@ -327,17 +816,8 @@ static void client_cb(struct ev_loop *loop, ev_io *w, int revents)
 	}
 	cl->len += (size_t)n;
 	cl->buf[cl->len] = '\0';
-	while ((nl = memchr(cl->buf, '\n', cl->len))) {
-		*nl = '\0';
-		if (nl > cl->buf)
-			client_reply(cl, ctl_handle(cl->vm, cl->buf));
-		if (!cl->in_use)
-			return;
-		cl->len -= (size_t)(nl + 1 - cl->buf);
-		memmove(cl->buf, nl + 1, cl->len);
-		cl->buf[cl->len] = '\0';
-	}
-	if (cl->len == sizeof(cl->buf) - 1) {
+	client_process(cl);
+	if (cl->in_use && !cl->waiting && cl->len == sizeof(cl->buf) - 1) {
 		client_reply(cl, reply_err("request longer than %d bytes",
 					   CTL_LINE_MAX - 1));
 		client_close(cl);
@@ -358,6 +838,8 @@ static void listen_cb(struct ev_loop *loop, ev_io *w, int revents)
 		if (cl->in_use)
 			continue;
 		cl->in_use = true;
+		cl->waiting = false;
+		cl->gen++;
 		cl->vm = vm;
 		cl->len = 0;
 		ev_io_init(&cl->io, client_cb, fd, EV_READ);
@@ -405,6 +887,119 @@ static int ctl_listen(const char *path)
 	return fd;
 }
 
+/* ---- live migration: destination ------------------------------------ */
+
+/* mig_recv's start: commit the disk image, run, announce the NIC. */
+static int incoming_start(void *ctx, struct hv_domain *d)
+{
+	struct mig_job *j = ctx;
+	int err;
+
+	if (j->disk_tmp && rename(j->disk_tmp, j->disk) < 0) {
+		err = -errno;
+		log_err("disk %s: cannot rename to %s: %s", j->disk_tmp,
+			j->disk, strerror(errno));
+		return err;
+	}
+	err = j->vm->ops->unpause(d);
+	if (err)
+		return err;
+	kvm_net_announce(d); /* peers learn where the guest lives now */
+	return 0;
+}
+
+static void *mig_recv_main(void *arg)
+{
+	struct mig_job *j = arg;
+	struct hv_domain *d = NULL;
+	uint64_t deadline = now_ns() + (uint64_t)j->timeout_ms * 1000000;
+	struct chan *c = NULL;
+	int err;
+
+	/* A refused peer (wrong certificate, plain TCP) does not end the
+	 * wait: the right source may still come. */
+	do {
+		uint64_t now = now_ns();
+
+		err = now >= deadline
+			      ? -ETIMEDOUT
+			      : chan_net_accept(j->lfd, &j->tls.cfg,
+						(int)((deadline - now) / 1000000) +
+							1,
+						&c);
+	} while (err && err != -ETIMEDOUT && now_ns() < deadline);
+	if (err) {
+		snprintf(j->msg, sizeof(j->msg),
+			 err == -ETIMEDOUT ? "no source connected within %u s"
+					   : "accept failed (%u s)",
+			 j->timeout_ms / 1000);
+	} else {
+		pthread_mutex_lock(&j->lock);
+		j->chan = c;
+		pthread_mutex_unlock(&j->lock);
+		err = mig_recv(j->vm->ops, j->cfg, c, j->p.timeout_ms,
+			       incoming_start, j, &d, j->msg, sizeof(j->msg));
+		pthread_mutex_lock(&j->lock);
+		j->bytes_in = c->bytes_in;
+		j->chan = NULL;
+		pthread_mutex_unlock(&j->lock);
+		chan_close(c);
+	}
+	pthread_mutex_lock(&j->lock);
+	j->err = err;
+	j->vm->dom = d;
+	j->phase = MIG_DONE;
+	pthread_mutex_unlock(&j->lock);
+	ev_async_send(j->vm->loop, &j->async);
+	return NULL;
+}
+
+static int vm_incoming_start(struct vm *vm)
+{
+	struct mig_job *j = &vm->mig;
+	int err;
+
+	printf("incoming: listening on %s\n", vm->listen_addr);
+	fflush(stdout);
+	log_info("waiting up to %u s for the migration on %s",
+		 j->timeout_ms / 1000, vm->listen_addr);
+	j->phase = MIG_ACTIVE;
+	err = -pthread_create(&j->thread, NULL, mig_recv_main, j);
+	if (err) {
+		j->phase = MIG_NONE;
+		log_err("cannot start the receiver: %s", strerror(-err));
+	}
+	return err;
+}
+
+/* The loop's side of the receiver: run the VM, or give up. */
+static void vm_attach(struct vm *vm)
+{
+	struct mig_job *j = &vm->mig;
+
+	pthread_mutex_lock(&j->lock);
+	if (j->phase != MIG_DONE) {
+		pthread_mutex_unlock(&j->lock);
+		return;
+	}
+	pthread_mutex_unlock(&j->lock);
+	pthread_join(j->thread, NULL);
+	j->phase = MIG_NONE;
+	close(j->lfd);
+	j->lfd = -1;
+	vm->incoming = false;
+	if (j->err) {
+		log_err("incoming migration failed: %s; nothing runs here",
+			j->msg[0] ? j->msg : strerror(-j->err));
+		vm_stop(vm, EXIT_VMM_ERROR);
+		return;
+	}
+	log_info("incoming migration done: %llu MiB received; the VM runs "
+		 "here",
+		 (unsigned long long)j->bytes_in >> 20);
+	vm_watch(vm);
+}
+
 /* ---- run / restore ----------------------------------------------------- */
 
 static void event_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -430,18 +1025,30 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	struct vm *vm = w->data;
 
 	log_info("signal %d: stopping the VM", w->signum);
+	if (!vm->incoming)
+		mig_abandon(vm);
 	vm_stop(vm, 128 + w->signum);
+}
+
+/* The running VM joins the loop: its state changes end ftvm. */
+static void vm_watch(struct vm *vm)
+{
+	ev_io_init(&vm->event_w, event_cb, vm->ops->event_fd(vm->dom),
+		   EV_READ);
+	vm->event_w.data = vm;
+	ev_io_start(vm->loop, &vm->event_w);
+	vm->started_ns = now_ns();
 }
 
 static int vm_serve(struct vm *vm)
 {
-	int efd = vm->ops->event_fd(vm->dom);
-
 	vm->loop = EV_DEFAULT;
 	vm->started_ns = now_ns();
-	ev_io_init(&vm->event_w, event_cb, efd, EV_READ);
-	vm->event_w.data = vm;
-	ev_io_start(vm->loop, &vm->event_w);
+	pthread_mutex_init(&vm->mig.lock, NULL);
+	vm->mig.vm = vm;
+	ev_async_init(&vm->mig.async, mig_async_cb);
+	vm->mig.async.data = vm;
+	ev_async_start(vm->loop, &vm->mig.async);
 	ev_signal_init(&vm->sigint_w, signal_cb, SIGINT);
 	ev_signal_init(&vm->sigterm_w, signal_cb, SIGTERM);
 	vm->sigint_w.data = vm->sigterm_w.data = vm;
@@ -455,7 +1062,13 @@ static int vm_serve(struct vm *vm)
 		vm->listen_w.data = vm;
 		ev_io_start(vm->loop, &vm->listen_w);
 	}
-	vm->ops->unpause(vm->dom);
+	if (vm->incoming) {
+		if (vm_incoming_start(vm))
+			return EXIT_VMM_ERROR;
+	} else {
+		vm_watch(vm);
+		vm->ops->unpause(vm->dom);
+	}
 	ev_run(vm->loop, 0);
 	return vm->exit_code;
 }
@@ -466,7 +1079,10 @@ static void vm_teardown(struct vm *vm)
 {
 	unsigned i;
 
-	vm->ops->destroy(vm->dom);
+	if (vm->dom)
+		vm->ops->destroy(vm->dom);
+	vm->dom = NULL;
+	json_decref(vm->last_mig);
 	if (!vm->ctl_path || vm->listen_fd < 0)
 		return;
 	for (i = 0; i < CTL_CLIENTS_MAX; i++)
@@ -493,9 +1109,11 @@ static void usage(FILE *f)
 	fputs("usage:\n"
 	      "  ftvm run --image FILE [--mem SIZE] [--cmdline ARGS] [options]\n"
 	      "  ftvm restore --from FILE [options]\n"
+	      "  ftvm incoming --listen ADDR (--ca F --cert F --key F | --insecure)\n"
+	      "                [--peer-name NAME] [--timeout SEC] [options]\n"
 	      "  ftvm ctl --control SOCKET COMMAND [ARGS]\n"
 	      "\n"
-	      "run and restore options:\n"
+	      "run, restore and incoming options:\n"
 	      "  --console FILE   guest console output (default: stdout)\n"
 	      "  --control PATH   serve the JSON-lines control socket at PATH\n"
 	      "  --net SPEC       NIC: tap=NAME,mac=MAC[,ip=A.B.C.D/N][,gw=A.B.C.D]\n"
@@ -508,10 +1126,29 @@ static void usage(FILE *f)
 	      "  --image FILE     static ELF guest (guest/*.elf)\n"
 	      "  --mem SIZE       guest RAM, 16M..64G in 2M steps (default 64M)\n"
 	      "  --cmdline ARGS   the guest's command line\n"
+	      "incoming options (receive one live migration, then run the VM):\n"
+	      "  --listen ADDR    HOST:PORT, [V6]:PORT or :PORT; port 0 picks one;\n"
+	      "                   prints \"incoming: listening on HOST:PORT\"\n"
+	      "  --ca F --cert F --key F  TLS 1.3: trusted CA, our certificate and\n"
+	      "                   key (tools/ft-certs makes test ones)\n"
+	      "  --peer-name NAME accept only a peer certificate for NAME\n"
+	      "  --insecure       plain TCP, no authentication (benchmarks only)\n"
+	      "  --timeout SEC    wait this long for the source (default 60)\n"
+	      "  --io-timeout MS  a silent peer fails the migration (default 10000)\n"
+	      "  --disk FILE --disk-size SIZE  receive the disk into a new image\n"
+	      "                   at FILE (replaced only when the migration commits)\n"
 	      "ctl commands:\n"
 	      "  status | pause | resume | quit\n"
 	      "  save FILE [--stop]   save the VM (keeps running unless --stop)\n"
 	      "  dump FILE            write guest RAM as a raw image\n"
+	      "  migrate HOST:PORT [--downtime MS] [--bandwidth RATE] [--abort-if-busy]\n"
+	      "          [--no-auto-converge] [--compress] [--io-timeout MS]\n"
+	      "          (--ca F --cert F --key F [--peer-name N] | --insecure)\n"
+	      "                       live-migrate to an `ftvm incoming`; progress on\n"
+	      "                       stderr, the summary (JSON) on stdout\n"
+	      "  migrate-cancel       end a migration in progress (the VM stays)\n"
+	      "  resolve moved|stay   after an in-doubt migration: the destination\n"
+	      "                       runs the VM (stop here) / does not (resume)\n"
 	      "\n"
 	      "exit status: the guest's status; 125 ftvm error; 126 guest crashed\n"
 	      "see docs/operators-guide.md\n",
@@ -520,7 +1157,10 @@ static void usage(FILE *f)
 
 enum { OPT_IMAGE = 1, OPT_MEM, OPT_CMDLINE, OPT_CONSOLE, OPT_CONTROL,
        OPT_FROM, OPT_VERBOSE, OPT_HELP, OPT_STOP, OPT_NET, OPT_DISK,
-       OPT_DISK_SIZE };
+       OPT_DISK_SIZE, OPT_LISTEN, OPT_CA, OPT_CERT, OPT_KEY, OPT_PEER_NAME,
+       OPT_INSECURE, OPT_TIMEOUT, OPT_DOWNTIME, OPT_BANDWIDTH,
+       OPT_ABORT_IF_BUSY, OPT_NO_AUTO_CONVERGE, OPT_COMPRESS,
+       OPT_IO_TIMEOUT };
 
 static const struct option long_opts[] = {
 	{ "image", required_argument, NULL, OPT_IMAGE },
@@ -535,15 +1175,49 @@ static const struct option long_opts[] = {
 	{ "net", required_argument, NULL, OPT_NET },
 	{ "disk", required_argument, NULL, OPT_DISK },
 	{ "disk-size", required_argument, NULL, OPT_DISK_SIZE },
+	{ "listen", required_argument, NULL, OPT_LISTEN },
+	{ "ca", required_argument, NULL, OPT_CA },
+	{ "cert", required_argument, NULL, OPT_CERT },
+	{ "key", required_argument, NULL, OPT_KEY },
+	{ "peer-name", required_argument, NULL, OPT_PEER_NAME },
+	{ "insecure", no_argument, NULL, OPT_INSECURE },
+	{ "timeout", required_argument, NULL, OPT_TIMEOUT },
+	{ "io-timeout", required_argument, NULL, OPT_IO_TIMEOUT },
+	{ "downtime", required_argument, NULL, OPT_DOWNTIME },
+	{ "bandwidth", required_argument, NULL, OPT_BANDWIDTH },
+	{ "abort-if-busy", no_argument, NULL, OPT_ABORT_IF_BUSY },
+	{ "no-auto-converge", no_argument, NULL, OPT_NO_AUTO_CONVERGE },
+	{ "compress", no_argument, NULL, OPT_COMPRESS },
 	{ NULL, 0, NULL, 0 },
 };
 
 struct opts {
 	const char *image, *cmdline, *console, *control, *from, *disk;
+	const char *listen, *ca, *cert, *key, *peer_name;
 	struct kvm_net_cfg net;
-	uint64_t mem, disk_size;
-	bool stop;
+	uint64_t mem, disk_size, timeout_s, io_timeout_ms, downtime_ms,
+		bandwidth;
+	bool stop, insecure, abort_if_busy, no_auto_converge, compress;
+	bool have_downtime, have_io_timeout;
 };
+
+/* A whole number in [min, max]. */
+static int parse_uint(const char *opt, const char *s, uint64_t min,
+		      uint64_t max, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s || *end || *s == '-' || v < min || v > max) {
+		log_err("%s %s: not a whole number in %llu..%llu", opt, s,
+			(unsigned long long)min, (unsigned long long)max);
+		return -EINVAL;
+	}
+	*out = v;
+	return 0;
+}
 
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
@@ -571,6 +1245,41 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case OPT_NET:
 			if (kvm_net_parse(optarg, &o->net))
 				return -EINVAL;
+			break;
+		case OPT_LISTEN: o->listen = optarg; break;
+		case OPT_CA: o->ca = optarg; break;
+		case OPT_CERT: o->cert = optarg; break;
+		case OPT_KEY: o->key = optarg; break;
+		case OPT_PEER_NAME: o->peer_name = optarg; break;
+		case OPT_INSECURE: o->insecure = true; break;
+		case OPT_ABORT_IF_BUSY: o->abort_if_busy = true; break;
+		case OPT_NO_AUTO_CONVERGE: o->no_auto_converge = true; break;
+		case OPT_COMPRESS: o->compress = true; break;
+		case OPT_TIMEOUT:
+			if (parse_uint("--timeout", optarg, 1, 86400,
+				       &o->timeout_s))
+				return -EINVAL;
+			break;
+		case OPT_IO_TIMEOUT:
+			if (parse_uint("--io-timeout", optarg, 100, 600000,
+				       &o->io_timeout_ms))
+				return -EINVAL;
+			o->have_io_timeout = true;
+			break;
+		case OPT_DOWNTIME:
+			if (parse_uint("--downtime", optarg, 1, 60000,
+				       &o->downtime_ms))
+				return -EINVAL;
+			o->have_downtime = true;
+			break;
+		case OPT_BANDWIDTH:
+			/* bytes per second, with K/M/G suffixes */
+			if (parse_size(optarg, &o->bandwidth)) {
+				log_err("--bandwidth %s: not a rate (try 100M "
+					"for 100 MiB/s, 0 for unlimited)",
+					optarg);
+				return -EINVAL;
+			}
 			break;
 		case OPT_VERBOSE: log_set_level(LOG_DEBUG); break;
 		case OPT_MEM:
@@ -667,7 +1376,204 @@ static int do_restore(int argc, char **argv)
 	return code;
 }
 
-/* ftvm ctl: send one request, print the reply, exit 0 if "ok". */
+/* "a.b.c.d:port" or "[v6]:port" of a bound socket. */
+static void sock_name(int fd, char *buf, size_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char host[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+		if (ss.ss_family == AF_INET) {
+			struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+
+			inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+			port = ntohs(a->sin_port);
+		} else if (ss.ss_family == AF_INET6) {
+			struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+
+			inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+			port = ntohs(a->sin6_port);
+			snprintf(buf, len, "[%s]:%u", host, port);
+			return;
+		}
+	}
+	snprintf(buf, len, "%s:%u", host, port);
+}
+
+/* TLS options into `t`; false (logged) if they are incomplete. */
+static bool tls_from_opts(const struct opts *o, struct mig_tls *t)
+{
+	memset(t, 0, sizeof(*t));
+	if (o->insecure && (o->ca || o->cert || o->key)) {
+		log_err("--insecure and --ca/--cert/--key exclude each other");
+		return false;
+	}
+	if (!o->insecure && (!o->ca || !o->cert || !o->key)) {
+		log_err("give --ca, --cert and --key (TLS with certificates), "
+			"or --insecure for plain TCP (benchmarks only)");
+		return false;
+	}
+	t->cfg = (struct chan_tls_cfg){ .ca_file = o->ca,
+					.cert_file = o->cert,
+					.key_file = o->key,
+					.peer_name = o->peer_name,
+					.insecure = o->insecure };
+	return true;
+}
+
+static int do_incoming(int argc, char **argv)
+{
+	struct opts o = { 0 };
+	struct vm vm = { .ops = &kvm_hv_ops, .listen_fd = -1 };
+	struct kvm_cfg cfg;
+	char disk_tmp[PATH_MAX];
+	int lfd, code;
+
+	if (parse_opts(argc, argv, &o))
+		return EXIT_VMM_ERROR;
+	if (!o.listen || optind != argc) {
+		log_err(o.listen ? "unexpected argument '%s'"
+				 : "incoming needs --listen ADDR%s",
+			o.listen ? argv[optind] : "");
+		return EXIT_VMM_ERROR;
+	}
+	if (!tls_from_opts(&o, &vm.mig.tls))
+		return EXIT_VMM_ERROR;
+	if (o.disk && !o.disk_size) {
+		log_err("incoming with --disk needs --disk-size (the size of "
+			"the source's disk)");
+		return EXIT_VMM_ERROR;
+	}
+	cfg = (struct kvm_cfg){ .net = o.net, .disk_size = o.disk_size };
+	if (o.disk) {
+		/* A fresh image; FILE itself is replaced only on commit. */
+		if (snprintf(disk_tmp, sizeof(disk_tmp), "%s.incoming",
+			     o.disk) >= (int)sizeof(disk_tmp)) {
+			log_err("--disk %s: path too long", o.disk);
+			return EXIT_VMM_ERROR;
+		}
+		if (unlink(disk_tmp) < 0 && errno != ENOENT) {
+			log_err("%s: %s", disk_tmp, strerror(errno));
+			return EXIT_VMM_ERROR;
+		}
+		cfg.disk = disk_tmp;
+		vm.mig.disk = o.disk;
+		vm.mig.disk_tmp = disk_tmp;
+	}
+	cfg.console_fd = open_console(o.console);
+	if (cfg.console_fd < 0 || kvm_probe())
+		return EXIT_VMM_ERROR;
+	if (chan_net_listen(o.listen, &lfd))
+		return EXIT_VMM_ERROR;
+	sock_name(lfd, vm.listen_addr, sizeof(vm.listen_addr));
+	vm.incoming = true;
+	vm.mig.lfd = lfd;
+	vm.mig.cfg = &cfg;
+	vm.mig.timeout_ms = (unsigned)(o.timeout_s ? o.timeout_s : 60) * 1000;
+	mig_params_init(&vm.mig.p);
+	if (o.have_io_timeout)
+		vm.mig.p.timeout_ms = (unsigned)o.io_timeout_ms;
+	vm.ctl_path = o.control;
+	code = vm_serve(&vm);
+	if (vm.mig.phase != MIG_NONE) {
+		/* Stopped (signal) while receiving: drop the half copy. */
+		if (vm.mig.disk_tmp)
+			unlink(vm.mig.disk_tmp);
+		if (vm.ctl_path && vm.listen_fd >= 0)
+			unlink(vm.ctl_path);
+		log_err("incoming migration abandoned; nothing runs here");
+		_exit(code ? code : EXIT_VMM_ERROR);
+	}
+	if (vm.mig.lfd >= 0)
+		close(vm.mig.lfd);
+	if (vm.mig.disk_tmp)
+		unlink(vm.mig.disk_tmp); /* renamed on success: gone already */
+	vm_teardown(&vm);
+	return code;
+}
+
+/* Print a progress event as one line on stderr. */
+static void print_progress(json_t *ev)
+{
+	double mib = 1 << 20;
+
+	fprintf(stderr,
+		"migrate: %s %lld: sent %.1f MiB, remaining %.1f MiB, "
+		"%.1f MiB/s, ETA %.1f s, throttle %lld%%\n",
+		json_is_true(json_object_get(ev, "paused")) ? "final round"
+							     : "round",
+		(long long)json_integer_value(json_object_get(ev, "round")),
+		(double)json_integer_value(json_object_get(ev, "sent")) / mib,
+		(double)json_integer_value(json_object_get(ev, "remaining")) /
+			mib,
+		(double)json_integer_value(json_object_get(ev, "rate")) / mib,
+		(double)json_integer_value(json_object_get(ev, "eta_ms")) /
+			1000,
+		(long long)json_integer_value(json_object_get(ev, "throttle")));
+}
+
+/* The request `ftvm ctl` sends for argv[optind..]. */
+static json_t *ctl_request(int argc, char **argv, const struct opts *o)
+{
+	const char *cmd = argv[optind], *arg = optind + 1 < argc
+						       ? argv[optind + 1]
+						       : NULL;
+	json_t *req = json_pack("{s:s}", "cmd", cmd);
+
+	if (!strcmp(cmd, "migrate")) {
+		if (!arg) {
+			log_err("migrate needs HOST:PORT");
+			json_decref(req);
+			return NULL;
+		}
+		json_object_set_new(req, "to", json_string(arg));
+		json_object_set_new(req, "progress", json_true());
+		if (o->have_downtime)
+			json_object_set_new(req, "downtime_ms",
+					    json_integer((json_int_t)o->downtime_ms));
+		if (o->bandwidth)
+			json_object_set_new(req, "bandwidth",
+					    json_integer((json_int_t)o->bandwidth));
+		if (o->have_io_timeout)
+			json_object_set_new(req, "timeout_ms",
+					    json_integer((json_int_t)o->io_timeout_ms));
+		if (o->abort_if_busy)
+			json_object_set_new(req, "abort_if_busy", json_true());
+		if (o->no_auto_converge)
+			json_object_set_new(req, "auto_converge", json_false());
+		if (o->compress)
+			json_object_set_new(req, "compress", json_true());
+		if (o->insecure)
+			json_object_set_new(req, "insecure", json_true());
+		if (o->ca)
+			json_object_set_new(req, "ca", json_string(o->ca));
+		if (o->cert)
+			json_object_set_new(req, "cert", json_string(o->cert));
+		if (o->key)
+			json_object_set_new(req, "key", json_string(o->key));
+		if (o->peer_name)
+			json_object_set_new(req, "peer_name",
+					    json_string(o->peer_name));
+	} else if (!strcmp(cmd, "resolve")) {
+		if (!arg || (strcmp(arg, "moved") && strcmp(arg, "stay"))) {
+			log_err("resolve needs 'moved' or 'stay'");
+			json_decref(req);
+			return NULL;
+		}
+		json_object_set_new(req, "moved",
+				    json_boolean(!strcmp(arg, "moved")));
+	} else if (arg) {
+		json_object_set_new(req, "file", json_string(arg));
+	}
+	if (o->stop)
+		json_object_set_new(req, "stop", json_true());
+	return req;
+}
+
+/* ftvm ctl: send one request, print the reply, exit 0 if "ok"; progress
+ * events before it go to stderr. */
 static int do_ctl(int argc, char **argv)
 {
 	struct opts o = { 0 };
@@ -685,11 +1591,9 @@ static int do_ctl(int argc, char **argv)
 		log_err("ctl needs --control SOCKET and a command");
 		return 2;
 	}
-	req = json_pack("{s:s}", "cmd", argv[optind]);
-	if (optind + 1 < argc)
-		json_object_set_new(req, "file", json_string(argv[optind + 1]));
-	if (o.stop)
-		json_object_set_new(req, "stop", json_true());
+	req = ctl_request(argc, argv, &o);
+	if (!req)
+		return 2;
 	if (strlen(o.control) >= sizeof(sa.sun_path)) {
 		log_err("socket path too long");
 		return 2;
@@ -707,17 +1611,38 @@ static int do_ctl(int argc, char **argv)
 		return 1;
 	}
 	free(line);
-	while (len < sizeof(buf) - 1 &&
-	       (n = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0) {
-		len += (size_t)n;
-		if (memchr(buf, '\n', len))
-			break;
+	/* Lines until the reply: events first (migrate). */
+	for (;;) {
+		char *nl;
+
+		while (!(nl = memchr(buf, '\n', len)) && len < sizeof(buf) - 1 &&
+		       (n = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0)
+			len += (size_t)n;
+		if (!nl) {
+			buf[len] = '\0';
+			fputs(buf, stdout);
+			if (!len)
+				log_err("%s: no reply (ftvm stopped?)",
+					o.control);
+			close(fd);
+			return 1;
+		}
+		*nl = '\0';
+		rep = json_loads(buf, 0, NULL);
+		if (rep && json_object_get(rep, "event")) {
+			print_progress(rep);
+			json_decref(rep);
+			len -= (size_t)(nl + 1 - buf);
+			memmove(buf, nl + 1, len);
+			continue;
+		}
+		puts(buf);
+		break;
 	}
 	close(fd);
-	buf[len] = '\0';
-	fputs(buf, stdout);
-	rep = json_loads(buf, JSON_DISABLE_EOF_CHECK, NULL);
 	ok = rep && json_is_true(json_object_get(rep, "ok"));
+	if (rep && !ok && json_string_value(json_object_get(rep, "error")))
+		log_err("%s", json_string_value(json_object_get(rep, "error")));
 	json_decref(rep);
 	return ok ? 0 : 1;
 }
@@ -733,6 +1658,8 @@ int main(int argc, char **argv)
 		return do_run(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "restore"))
 		return do_restore(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "incoming"))
+		return do_incoming(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "ctl"))
 		return do_ctl(argc - 1, argv + 1);
 	log_err("unknown command '%s' (see ftvm --help)", argv[1]);

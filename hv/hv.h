@@ -156,6 +156,34 @@ struct hv_ops {
 	/* Load one device's state; rejects an unknown type, instance or
 	 * version and a malformed blob with -EINVAL, changing nothing. */
 	int (*dev_load)(struct hv_domain *d, const struct hv_dev_rec *rec);
+
+	/* Throttle: keep the vCPUs out of guest mode `pct` percent of the
+	 * time (0..99; 0 ends it), in slices of HV_THROTTLE_PERIOD_MS, so a
+	 * guest that dirties memory faster than a migration link can send
+	 * slows down (auto-converge).  Any thread. */
+	int (*throttle)(struct hv_domain *d, unsigned pct);
+
+	/*
+	 * Disks (optional: NULL when the backend has none).  Disk `idx`
+	 * (0..): disk_info gives its size in bytes (-ENOENT: no such disk).
+	 * While dirty_log is on, guest writes are logged per HV_DISK_BLOCK;
+	 * disk_dirty_fetch fetches and clears that set, ORing it into
+	 * `bitmap` (`nr_blocks` bits, size rounded up to whole blocks).
+	 * disk_read / disk_write move bytes between the image and a buffer,
+	 * `off` and `len` multiples of 512 within the disk; disk_write is
+	 * for building a domain (restore, migration) and is not logged.
+	 * Any thread; reads may race with guest writes (those are logged).
+	 */
+	int (*disk_info)(struct hv_domain *d, unsigned idx, uint64_t *size);
+	int (*disk_dirty_fetch)(struct hv_domain *d, unsigned idx,
+				uint64_t *bitmap, uint64_t nr_blocks);
+	int (*disk_read)(struct hv_domain *d, unsigned idx, uint64_t off,
+			 void *buf, size_t len);
+	int (*disk_write)(struct hv_domain *d, unsigned idx, uint64_t off,
+			  const void *buf, size_t len);
 };
+
+#define HV_THROTTLE_PERIOD_MS 10
+#define HV_DISK_BLOCK (64u * 1024) /* disk dirty-logging granularity */
 
 #endif /* HV_H */

@@ -292,7 +292,15 @@ static int tls_fail(const char *name, const char *what, SSL *ssl, int r,
 	char buf[256];
 	int err;
 
-	if (reason == SSL_R_CERTIFICATE_VERIFY_FAILED && vr != X509_V_OK) {
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ||
+	    (e == SSL_ERROR_SYSCALL &&
+	     (sys_errno == EAGAIN || sys_errno == EWOULDBLOCK))) {
+		/* A blocking socket with SO_RCVTIMEO/SO_SNDTIMEO. */
+		log_err("%s: %s: timed out (peer silent or link down)", name,
+			what);
+		err = -ETIMEDOUT;
+	} else if (reason == SSL_R_CERTIFICATE_VERIFY_FAILED &&
+		   vr != X509_V_OK) {
 		bool unknown_ca =
 			vr == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY ||
 			vr == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT ||
@@ -555,10 +563,16 @@ static int tls_close(struct chan *c)
 	return err;
 }
 
+static int tls_set_timeout(struct chan *c, unsigned ms)
+{
+	return chan_sock_timeout(((struct chan_tls *)c)->fd, ms);
+}
+
 static const struct chan_ops tls_ops = {
 	.kind = "tls",
 	.writev = tls_writev,
 	.read = tls_read,
+	.set_timeout = tls_set_timeout,
 	.close = tls_close,
 };
 

@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -49,6 +51,8 @@ static int fd_writev(struct chan *c, const struct iovec *iov, int n)
 		if (w <= 0) {
 			int err = w < 0 ? -errno : -EIO;
 
+			if (err == -EAGAIN || err == -EWOULDBLOCK)
+				err = -ETIMEDOUT; /* chan_set_timeout */
 			log_err("%s: write of %zu bytes failed: %s", c->name,
 				left, strerror(-err));
 			return err;
@@ -79,8 +83,10 @@ static ssize_t fd_read(struct chan *c, void *buf, size_t len)
 		if (r < 0) {
 			int err = -errno;
 
+			if (err == -EAGAIN || err == -EWOULDBLOCK)
+				err = -ETIMEDOUT; /* chan_set_timeout */
 			log_err("%s: read failed: %s", c->name,
-				strerror(errno));
+				strerror(-err));
 			return err;
 		}
 		if (r == 0)
@@ -116,11 +122,31 @@ static int fd_close(struct chan *c)
 	return err;
 }
 
+/* SO_RCVTIMEO and SO_SNDTIMEO on a socket; 0 for a non-socket. */
+int chan_sock_timeout(int fd, unsigned ms)
+{
+	struct timeval tv = { .tv_sec = ms / 1000,
+			      .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
+		return errno == ENOTSOCK ? 0 : -errno;
+	return 0;
+}
+
+static int fd_set_timeout(struct chan *c, unsigned ms)
+{
+	struct chan_fd *f = (struct chan_fd *)c;
+
+	return f->regular ? 0 : chan_sock_timeout(f->fd, ms);
+}
+
 static const struct chan_ops fd_ops = {
 	.kind = "fd",
 	.writev = fd_writev,
 	.read = fd_read,
 	.flush = fd_flush,
+	.set_timeout = fd_set_timeout,
 	.close = fd_close,
 };
 
@@ -372,6 +398,21 @@ int chan_read(struct chan *c, void *buf, size_t len)
 		return -EPIPE;
 	}
 	return 0;
+}
+
+int chan_set_timeout(struct chan *c, unsigned ms)
+{
+	int err;
+
+	if (c->err)
+		return c->err;
+	if (!c->ops->set_timeout)
+		return 0;
+	err = c->ops->set_timeout(c, ms);
+	if (err)
+		log_err("%s: cannot set a %u ms timeout: %s", c->name, ms,
+			strerror(-err));
+	return err;
 }
 
 int chan_flush(struct chan *c, bool sync)

@@ -40,6 +40,10 @@ struct chan_ops {
 	/* Push out buffered data; with `sync`, to stable storage where that
 	 * means something.  Return 0 or -errno. */
 	int (*flush)(struct chan *c, bool sync);
+	/* Optional: bound every later blocking read and write to `ms`
+	 * milliseconds (0: no bound); a read or write that waits longer
+	 * fails with -ETIMEDOUT.  Return 0 or -errno. */
+	int (*set_timeout)(struct chan *c, unsigned ms);
 	/* Release the backend's resources and free `c`.  Called once.
 	 * Return 0 or -errno (e.g. a failed close(2) of a written file). */
 	int (*close)(struct chan *c);
@@ -119,6 +123,22 @@ ssize_t chan_read_upto(struct chan *c, void *buf, size_t len);
  * Return 0 or -errno.
  */
 int chan_flush(struct chan *c, bool sync);
+
+/*
+ * Bound every later blocking read and write on `c` to `ms` milliseconds
+ * of waiting (0: wait without limit, the default).  A read or write that
+ * waits longer fails with the sticky error -ETIMEDOUT: a dead peer or a
+ * cut link is then an error in bounded time instead of a hang (TCP alone
+ * would retransmit for many minutes).  The bound is per system call, so a
+ * slowly progressing transfer never times out.  Sockets (plain and TLS)
+ * honour it; files and memory never block, and accept it as a no-op.
+ * Return 0 or -errno.
+ */
+int chan_set_timeout(struct chan *c, unsigned ms);
+
+/* For socket backends: set SO_RCVTIMEO and SO_SNDTIMEO on `fd` to `ms`
+ * (0: none).  0 for a non-socket, else -errno. */
+int chan_sock_timeout(int fd, unsigned ms);
 
 /*
  * Close and free `c` (NULL is a no-op).  Return the sticky error if one

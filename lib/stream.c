@@ -54,7 +54,8 @@ static const struct rec_info {
 	 sizeof(struct ft_rec_device) + FT_DEVICE_BLOB_MAX, false},
 	{REC_CKPT_BEGIN, "CKPT_BEGIN", 0, FT_REC_BODY_MAX, true},
 	{REC_CKPT_END, "CKPT_END", 0, FT_REC_BODY_MAX, true},
-	{REC_DISK_WRITE, "DISK_WRITE", 0, FT_REC_BODY_MAX, true},
+	{REC_DISK_WRITE, "DISK_WRITE", sizeof(struct ft_rec_disk_write),
+	 sizeof(struct ft_rec_disk_write) + FT_DISK_WRITE_MAX, false},
 	{REC_NOTE, "NOTE", 0, FT_NOTE_MAX, false},
 };
 

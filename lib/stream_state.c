@@ -233,3 +233,79 @@ int stream_decode_device(struct stream_reader *r, const struct stream_rec *rec,
 	};
 	return 0;
 }
+
+int stream_write_disk(struct stream_writer *w, uint32_t disk, uint64_t offset,
+		      uint32_t len, const void *data, uint64_t epoch)
+{
+	struct ft_rec_disk_write h = { .disk = htole32(disk),
+				       .flags = htole32(data ? 0
+							     : FT_DISK_F_ZERO),
+				       .offset = htole64(offset),
+				       .len = htole32(len),
+				       .epoch = htole64(epoch) };
+	struct iovec iov[2] = { { &h, sizeof(h) },
+				{ (void *)data, data ? len : 0 } };
+
+	if (disk >= FT_MAX_DISKS || !len || len > FT_DISK_WRITE_MAX ||
+	    len % FT_DISK_SECTOR || offset % FT_DISK_SECTOR)
+		return -EINVAL;
+	return stream_write_recordv(w, REC_DISK_WRITE, iov, data ? 2 : 1);
+}
+
+int stream_decode_disk(struct stream_reader *r, const struct stream_rec *rec,
+		       uint64_t disk_size, struct stream_disk_write *dw)
+{
+	struct ft_rec_disk_write h;
+	uint32_t flags;
+	uint64_t want;
+
+	if (r->err)
+		return r->err;
+	if (rec->type != REC_DISK_WRITE || rec->len < sizeof(h))
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "not a DISK_WRITE record");
+	memcpy(&h, rec->body, sizeof(h));
+	dw->disk = le32toh(h.disk);
+	flags = le32toh(h.flags);
+	dw->offset = le64toh(h.offset);
+	dw->len = le32toh(h.len);
+	dw->epoch = le64toh(h.epoch);
+	if (flags & ~FT_DISK_F_ZERO)
+		return stream_rec_fail(r, rec, -EINVAL, "unknown flags 0x%x",
+				       flags);
+	if (h.reserved)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "reserved field not zero (0x%x)",
+				       le32toh(h.reserved));
+	if (!dw->len || dw->len > FT_DISK_WRITE_MAX ||
+	    dw->len % FT_DISK_SECTOR || dw->offset % FT_DISK_SECTOR)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "disk %u: range %llu+%u is not whole "
+				       "sectors of %u bytes (at most %u)",
+				       dw->disk,
+				       (unsigned long long)dw->offset, dw->len,
+				       FT_DISK_SECTOR, FT_DISK_WRITE_MAX);
+	want = sizeof(h) + ((flags & FT_DISK_F_ZERO) ? 0 : dw->len);
+	if (rec->len != want)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "length %u, expected %llu for %u %s",
+				       rec->len, (unsigned long long)want,
+				       dw->len,
+				       (flags & FT_DISK_F_ZERO) ? "zeroed bytes"
+								: "data bytes");
+	if (!disk_size)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "disk %u: this VM has no such disk",
+				       dw->disk);
+	if (dw->offset > disk_size || dw->len > disk_size - dw->offset)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "disk %u: range %llu+%u beyond its %llu "
+				       "bytes",
+				       dw->disk,
+				       (unsigned long long)dw->offset, dw->len,
+				       (unsigned long long)disk_size);
+	dw->data = (flags & FT_DISK_F_ZERO)
+			   ? NULL
+			   : (const unsigned char *)rec->body + sizeof(h);
+	return 0;
+}

@@ -45,4 +45,30 @@ int stream_write_device(struct stream_writer *w, const struct hv_dev_rec *dev);
 int stream_decode_device(struct stream_reader *r, const struct stream_rec *rec,
 			 struct hv_dev_rec *dev);
 
+/* A decoded DISK_WRITE record; data NULL for a zeroed range. */
+struct stream_disk_write {
+	uint32_t disk;
+	uint64_t offset, epoch;
+	uint32_t len;
+	const void *data; /* into the record body; NULL: zeros */
+};
+
+/*
+ * Write a DISK_WRITE record: `len` bytes at `offset` of disk `disk`, from
+ * `data`, or as a zeroed range if data is NULL.  Return 0, -EINVAL
+ * (alignment, length 0 or over FT_DISK_WRITE_MAX, disk index) or the
+ * writer's error.
+ */
+int stream_write_disk(struct stream_writer *w, uint32_t disk, uint64_t offset,
+		      uint32_t len, const void *data, uint64_t epoch);
+
+/*
+ * Decode the DISK_WRITE record `rec` into *dw and check it: flags,
+ * reserved field, alignment, length (also against the body), the range
+ * below `disk_size` bytes (the receiver's disk of that index; 0: no such
+ * disk, always an error).  Return 0 or -EINVAL, failing `r`.
+ */
+int stream_decode_disk(struct stream_reader *r, const struct stream_rec *rec,
+		       uint64_t disk_size, struct stream_disk_write *dw);
+
 #endif /* STREAM_STATE_H */

@@ -62,7 +62,7 @@ enum ft_rec_type {
 	REC_DEVICE       = 0x04, /* ft_rec_device + blob                      */
 	REC_CKPT_BEGIN   = 0x05, /* reserved: checkpoint epoch begins         */
 	REC_CKPT_END     = 0x06, /* reserved: checkpoint epoch ends           */
-	REC_DISK_WRITE   = 0x07, /* reserved: mirrored disk write             */
+	REC_DISK_WRITE   = 0x07, /* ft_rec_disk_write [+ data]: disk contents */
 };
 /* Optional types are macros: ISO C limits enumerators to int. */
 #define REC_NOTE (0x08u | REC_F_OPTIONAL) /* free text, UTF-8, <= FT_NOTE_MAX */
@@ -140,5 +140,21 @@ struct ft_rec_device {
 };
 _Static_assert(sizeof(struct ft_rec_device) == 16, "ft_rec_device");
 #define FT_DEVICE_BLOB_MAX (1u << 20)
+
+/* Disk contents: `len` bytes at byte `offset` of disk `disk`, followed by
+ * the data unless FT_DISK_F_ZERO (the range reads as zeros). */
+struct ft_rec_disk_write {
+	uint32_t disk;     /* disk index, 0.. */
+	uint32_t flags;    /* FT_DISK_F_* */
+	uint64_t offset;   /* bytes, multiple of FT_DISK_SECTOR */
+	uint32_t len;      /* bytes, multiple of FT_DISK_SECTOR, 1..FT_DISK_WRITE_MAX */
+	uint32_t reserved; /* 0 */
+	uint64_t epoch;    /* checkpointing: the epoch of the write; 0 otherwise */
+};
+_Static_assert(sizeof(struct ft_rec_disk_write) == 32, "ft_rec_disk_write");
+#define FT_DISK_F_ZERO 0x1u
+#define FT_DISK_SECTOR 512u
+#define FT_DISK_WRITE_MAX (1u << 20)
+#define FT_MAX_DISKS 16
 
 #endif /* STREAM_WIRE_H */

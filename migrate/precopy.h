@@ -5,47 +5,55 @@
  *
  * Sender (mig_send): header with FT_STREAM_F_LIVE, DOMAIN, then with dirty
  * logging on
- *   round 0   every non-zero page (the destination's RAM starts zero);
- *   round k   the pages dirtied during round k-1, zero pages included (as
- *             ZERO: the destination holds an older, non-zero copy);
- * each live round paced by a token bucket whose rate starts at
- * p->start_rate and rises with the observed dirty rate, up to p->max_rate.
- * After every round a policy (p->policy, default mig_default_policy)
- * decides from the statistics whether to go on, stop and copy, or abort.
- * Stop-and-copy: pause, final dirty fetch, those pages (unpaced), the
- * vCPUs, the devices, END.  Then the sender waits for the destination's
- * verdict (struct mig_reply).  Only an OK verdict makes mig_send succeed;
- * on every failure the source is left running with dirty logging off.
+ *   round 0   every non-zero page and every non-zero disk block (the
+ *             destination's RAM and disks start zero);
+ *   round k   the pages and disk blocks written during round k-1, zero
+ *             ones included (as ZERO: the destination holds an older copy);
+ * each live round paced by a token bucket (p->start_rate, rising with the
+ * observed dirty rate up to p->max_rate; 0 and 0: unpaced).  After every
+ * round a policy (p->policy, default mig_default_policy) decides whether
+ * to go on, stop and copy, or abort.  Auto-converge (p->auto_converge,
+ * on by default): while the guest dirties more than half of what a round
+ * sends, its vCPUs are throttled in steps (20%, then +10% a round, at most
+ * 99%) through ops->throttle.  Stop-and-copy: pause, final dirty fetch,
+ * those pages and blocks (unpaced), the vCPUs, the devices, END.
  *
- * Receiver (mig_recv): the validated reading of snap_restore (a page sent
- * again overwrites the older copy, a ZERO page zeroes it), then the
- * verdict back on the same channel.
+ * Commit (the source must never resume a VM the destination runs, and
+ * the destination must never run one the source resumes):
+ *   receiver -> READY   the whole stream validated, the VM built (paused)
+ *            -> ERR     or why it failed (errno and a sentence)
+ *   sender   -> GO      after READY; from here on the source never resumes
+ *                       on its own
+ *   receiver -> RUN     the VM runs on the destination (or ERR: it could
+ *                       not start it and has destroyed it)
+ * Before GO any failure resumes the source.  After GO, RUN means success
+ * and ERR means the source may resume; silence (timeout, closed
+ * connection) leaves the outcome unknown: the receiver may have seen GO.
+ * mig_send then returns -EINPROGRESS with the source still paused, and
+ * whoever runs it must find out from the destination (ftd asks the peer
+ * ftd) and then destroy or resume the source.
  *
- * Not implemented: auto-converge (throttling the source's vCPU when the
- * dirty rate outruns the link).  A migration that does not converge is
- * either aborted (p->abort_if_busy) or stopped and copied with a longer
- * downtime.
- *
- * Same-channel verdict: the channel must carry bytes both ways (a socket,
- * TCP or TLS connection), and the sender reads the verdict only after END,
- * so a receiver that fails early makes the sender fail on a write once
- * the receiver's side closes the connection (the sender then logs the
- * channel error, not the receiver's reason).
+ * Every read and write on the channel waits at most p->timeout_ms
+ * (chan_set_timeout), so a dead peer or a cut link is an error in bounded
+ * time on both sides.
  */
 #ifndef PRECOPY_H
 #define PRECOPY_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "channel.h"
 #include "hv.h"
 
-#define MIG_DEFAULT_START_RATE (128ULL << 20) /* bytes/s */
 #define MIG_DEFAULT_DOWNTIME_NS (30ULL * 1000000)
 #define MIG_DEFAULT_MAX_ROUNDS 30
-#define MIG_DEFAULT_ACK_TIMEOUT_MS 10000
+#define MIG_DEFAULT_TIMEOUT_MS 10000
 #define MIG_ROUNDS_MAX 64 /* live rounds kept in mig_stats; caps max_rounds */
+#define MIG_THROTTLE_INITIAL 20
+#define MIG_THROTTLE_STEP 10
+#define MIG_THROTTLE_MAX 99
 
 /* What the policy decides after a live round. */
 enum mig_decision {
@@ -56,14 +64,16 @@ enum mig_decision {
 
 /* One live round (round 0 is the full copy). */
 struct mig_round_stats {
-	uint64_t pages;      /* page frames sent (ZERO encodings included) */
-	uint64_t zero_pages; /* of which all zero (round 0: skipped, not sent) */
-	uint64_t bytes;      /* stream bytes written */
-	uint64_t ns;         /* wall time of the round */
-	uint64_t send_ns;    /* of which spent writing (not paced sleeping) */
-	uint64_t rate;       /* token-bucket rate, bytes/s (0: unpaced) */
-	uint64_t dirty;      /* pages dirtied during the round: the next
-			      * round's set, fetched after it */
+	uint64_t pages;       /* page frames sent (ZERO encodings included) */
+	uint64_t zero_pages;  /* of which all zero (round 0: skipped, not sent) */
+	uint64_t disk_blocks; /* disk blocks sent (HV_DISK_BLOCK bytes) */
+	uint64_t bytes;	      /* stream bytes written */
+	uint64_t ns;	      /* wall time of the round */
+	uint64_t send_ns;     /* of which spent writing (not paced sleeping) */
+	uint64_t rate;	      /* token-bucket rate, bytes/s (0: unpaced) */
+	uint64_t dirty;	      /* pages dirtied during the round */
+	uint64_t disk_dirty;  /* disk blocks written during the round */
+	unsigned throttle;    /* vCPU throttle (percent) during the round */
 };
 
 struct mig_stats {
@@ -71,12 +81,33 @@ struct mig_stats {
 	struct mig_round_stats round[MIG_ROUNDS_MAX];
 	enum mig_decision decision; /* the policy's last answer */
 	uint64_t final_pages;	    /* pages sent while paused */
+	uint64_t final_blocks;	    /* disk blocks sent while paused */
+	uint64_t pages;		    /* page frames sent in all */
+	uint64_t disk_blocks;	    /* disk blocks sent in all */
 	uint64_t bytes;		    /* all stream bytes written */
-	uint64_t total_ns;	    /* mig_send start to verdict */
-	uint64_t downtime_ns;	    /* pause to END sent (without the verdict) */
-	uint64_t ack_ns;	    /* END sent to verdict received */
+	uint64_t total_ns;	    /* mig_send start to RUN (or failure) */
+	uint64_t stop_copy_ns;	    /* pause to END sent */
+	uint64_t downtime_ns;	    /* pause to RUN received: an upper bound
+				     * of the time the guest ran nowhere */
 	uint64_t link_rate;	    /* bytes/s measured over the live rounds */
+	unsigned throttle;	    /* highest throttle applied, percent */
+	char error[256];	    /* why it failed, for the operator */
 };
+
+/* Progress, reported by mig_send from its own thread. */
+struct mig_progress {
+	unsigned round;	    /* live round, or rounds done when paused */
+	bool paused;	    /* in stop-and-copy */
+	uint64_t sent;	    /* stream bytes so far */
+	uint64_t remaining; /* estimate: bytes of this round not yet sent
+			     * plus what was dirtied before it */
+	uint64_t rate;	    /* bytes/s over the last interval */
+	uint64_t elapsed_ns;
+	unsigned throttle; /* percent */
+};
+/* Return 0 to go on, or -errno to cancel the migration (honoured before
+ * the go: the source then resumes). */
+typedef int (*mig_progress_fn)(void *ctx, const struct mig_progress *pr);
 
 struct mig_params;
 
@@ -88,73 +119,84 @@ typedef enum mig_decision (*mig_policy_fn)(void *ctx,
 
 /*
  * Parameters; mig_params_init gives the defaults.  A zero numeric field
- * also means its default, except max_rate (0: no cap).
+ * also means its default, except the rates (0: no cap / unpaced).
  */
 struct mig_params {
-	uint64_t start_rate;  /* bytes/s of round 0 */
+	uint64_t start_rate;  /* bytes/s of round 0; 0: max_rate */
 	uint64_t max_rate;    /* bytes/s cap of every live round; 0: none */
 	uint64_t downtime_ns; /* stop-and-copy target */
 	unsigned max_rounds;  /* live rounds before stop-and-copy */
 	bool abort_if_busy;   /* not converging: abort (else stop and copy) */
-	unsigned ack_timeout_ms; /* wait for the verdict after END */
-	/* The descriptor under the channel, polled to bound the wait for the
-	 * verdict (the chan API has no timed read); -1: wait without limit. */
-	int ack_fd;
+	bool auto_converge;   /* throttle a guest that outruns the link */
+	unsigned timeout_ms;  /* bound on every channel read and write */
+	int compress;	      /* enum stream_compress for page batches */
 	mig_policy_fn policy; /* NULL: mig_default_policy */
 	void *policy_ctx;
+	mig_progress_fn progress; /* NULL: none; else about every 100 ms
+				   * and after each round */
+	void *progress_ctx;
 };
 
-/* The verdict the receiver writes back after END (or after a failure). */
-#define MIG_REPLY_OK  "FTMIGOK" /* 8 bytes with the NUL */
-#define MIG_REPLY_ERR "FTMIGERR" /* 8 bytes, no NUL */
-struct mig_reply {
-	char magic[8];	   /* MIG_REPLY_OK or MIG_REPLY_ERR */
-	uint32_t err;	   /* little-endian positive errno; 0 with OK */
-	uint32_t reserved; /* zero */
+/* The commit messages (see above), both ways: a fixed header, then
+ * msg_len bytes of text (a sentence saying why, with ERR). */
+#define MIG_MSG_READY "FTMIGRDY"
+#define MIG_MSG_ERR   "FTMIGERR"
+#define MIG_MSG_GO    "FTMIGGO!"
+#define MIG_MSG_RUN   "FTMIGRUN"
+#define MIG_MSG_TEXT_MAX 1024
+struct mig_msg {
+	char magic[8];	  /* one of MIG_MSG_* (no NUL) */
+	uint32_t err;	  /* little-endian positive errno with ERR, else 0 */
+	uint32_t msg_len; /* little-endian, <= MIG_MSG_TEXT_MAX */
 };
-_Static_assert(sizeof(struct mig_reply) == 16, "mig_reply is wire format");
+_Static_assert(sizeof(struct mig_msg) == 16, "mig_msg is wire format");
 
-/* Fill `p` with the defaults (ack_fd -1, default policy). */
+/* Fill `p` with the defaults (auto-converge on, default policy). */
 void mig_params_init(struct mig_params *p);
 
 /*
- * The default policy: stop and copy when the dirty set fits
- * p->downtime_ns at the link rate measured so far, or after
+ * The default policy: stop and copy when what is dirty (pages and disk
+ * blocks) fits p->downtime_ns at the link rate measured so far, or after
  * p->max_rounds live rounds; when the dirty set has not shrunk over the
- * last 3 rounds, abort if p->abort_if_busy, else stop and copy.
+ * last 3 rounds: go on if auto-converge can still throttle harder, else
+ * abort if p->abort_if_busy, else stop and copy.
  */
 enum mig_decision mig_default_policy(void *ctx, const struct mig_params *p,
 				     const struct mig_stats *st);
 
 /*
  * Migrate the running domain `d` over `c` (see above); `p` may be NULL
- * (defaults).  Fills *st (may be NULL).  May block for the whole
- * migration; the caller serialises other operations on `d`.
- * Return 0 once the destination confirmed it built the domain: `d` is
- * then left paused, dirty logging off, for the caller to destroy.
- * Otherwise return -errno with the reason logged (-ECANCELED: the policy
- * aborted; -ETIMEDOUT: no verdict in time; -EBADMSG: a malformed
- * verdict; the receiver's errno from an error verdict; the channel's or
- * the backend's error), and `d` runs as before with dirty logging off.
+ * (defaults).  Fills *st (may be NULL).  Blocks for the whole migration;
+ * the caller serialises other operations on `d`.  Returns
+ *   0             the destination runs the domain: `d` is left paused,
+ *                 dirty logging off, for the caller to destroy;
+ *   -EINPROGRESS  in doubt (GO sent, no answer): `d` is left paused, the
+ *                 caller must find out and then destroy or unpause it;
+ *   -errno        failed, `d` runs as before (dirty logging off, throttle
+ *                 0); st->error says why: -ECANCELED the policy aborted,
+ *                 -ETIMEDOUT the destination fell silent, the receiver's
+ *                 errno from an ERR message, the channel's or backend's.
  */
 int mig_send(const struct hv_ops *ops, struct hv_domain *d, struct chan *c,
 	     const struct mig_params *p, struct mig_stats *st);
 
+/* Called by mig_recv on GO with the built, paused domain: start it
+ * (unpause, announce the NIC).  Return 0 or -errno. */
+typedef int (*mig_start_fn)(void *ctx, struct hv_domain *d);
+
 /*
- * Receive a migration from `c`: validate the stream as snap_restore does,
- * create the domain with ops->create(info, cfg), and after END write the
- * OK verdict.  On success *out owns the paused domain and 0 is returned.
- * On any error write an error verdict if the channel still works,
- * destroy the half-built domain and return -errno (logged).  The channel
+ * Receive a migration from `c`: validate the stream as snap_restore
+ * does, create the domain with ops->create(info, cfg), send READY, wait
+ * for GO (at most timeout_ms; 0: MIG_DEFAULT_TIMEOUT_MS), call start()
+ * and send RUN.  Returns 0 with *out owning the running domain (even if
+ * RUN could not be sent: the sender resolves its doubt with the
+ * destination).  On any failure before start() succeeded: sends ERR with
+ * the reason if the channel still works, destroys the half-built domain,
+ * leaves the reason in msg[0..len) and returns -errno.  The channel
  * stays the caller's.
- *
- * NOT YET SAFE TO UNPAUSE ON ITS OWN: if the OK verdict is lost, the
- * sender resumes the source while this side holds a complete copy.
- * Before this is wired into ftvm/ftd, the protocol needs a final "go"
- * from the sender after it has seen OK (and gives up its VM), and the
- * receiver must unpause only on that "go".
  */
 int mig_recv(const struct hv_ops *ops, const void *cfg, struct chan *c,
-	     struct hv_domain **out);
+	     unsigned timeout_ms, mig_start_fn start, void *start_ctx,
+	     struct hv_domain **out, char *msg, size_t len);
 
 #endif /* PRECOPY_H */

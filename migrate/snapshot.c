@@ -8,7 +8,9 @@
  * they come; it trusts nothing the stream says that the reader has not
  * validated, and destroys the half-built domain on any error.
  */
+#include <endian.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -133,8 +135,54 @@ static int restore_page(void *ctx, uint64_t pfn, const void *page)
 	return 0;
 }
 
+/* Apply a DISK_WRITE record to the domain being built. */
+static int restore_disk(struct restore_ctx *rc, struct stream_reader *r,
+			const struct stream_rec *rec)
+{
+	static const unsigned char zeros[HV_DISK_BLOCK];
+	struct stream_disk_write dw;
+	uint64_t size = 0;
+	uint32_t idx;
+	int err;
+
+	/* stream_next enforced the header's length; the decoder checks the
+	 * rest, with the size of the disk the record names (0: none). */
+	memcpy(&idx, rec->body, sizeof(idx));
+	if (rc->ops->disk_info &&
+	    rc->ops->disk_info(rc->d, le32toh(idx), &size))
+		size = 0;
+	err = stream_decode_disk(r, rec, size, &dw);
+	if (err)
+		return err;
+	if (dw.data)
+		err = rc->ops->disk_write(rc->d, dw.disk, dw.offset, dw.data,
+					  dw.len);
+	for (uint32_t done = 0; !dw.data && !err && done < dw.len;
+	     done += sizeof(zeros)) {
+		uint32_t n = dw.len - done < sizeof(zeros) ? dw.len - done
+							    : sizeof(zeros);
+
+		err = rc->ops->disk_write(rc->d, dw.disk, dw.offset + done,
+					  zeros, n);
+	}
+	if (err)
+		return stream_rec_fail(r, rec, err,
+				       "disk %u: writing %u bytes at %llu: %s",
+				       dw.disk, dw.len,
+				       (unsigned long long)dw.offset,
+				       strerror(-err));
+	return 0;
+}
+
 int snap_restore(const struct hv_ops *ops, const void *cfg, struct chan *c,
 		 bool whole, struct hv_domain **out)
+{
+	return snap_restore_msg(ops, cfg, c, whole, out, NULL, 0);
+}
+
+int snap_restore_msg(const struct hv_ops *ops, const void *cfg,
+		     struct chan *c, bool whole, struct hv_domain **out,
+		     char *msg, size_t len)
 {
 	struct stream_reader r;
 	struct ft_stream_hdr hdr;
@@ -166,6 +214,10 @@ int snap_restore(const struct hv_ops *ops, const void *cfg, struct chan *c,
 				.nr_vcpus = dm->nr_vcpus,
 				.page_size = dm->page_size };
 			err = ops->create(&info, cfg, &rc.d);
+			if (err)
+				stream_rec_fail(&r, &rec, err,
+						"creating the VM: %s",
+						strerror(-err));
 			break;
 		}
 		case REC_PAGE_BATCH:
@@ -177,6 +229,9 @@ int snap_restore(const struct hv_ops *ops, const void *cfg, struct chan *c,
 			err = stream_decode_vcpu(&r, &rec, &id, vs);
 			if (!err)
 				err = ops->vcpu_load(rc.d, id, vs);
+			break;
+		case REC_DISK_WRITE:
+			err = restore_disk(&rc, &r, &rec);
 			break;
 		case REC_DEVICE:
 			err = stream_decode_device(&r, &rec, &dev);
@@ -201,6 +256,10 @@ int snap_restore(const struct hv_ops *ops, const void *cfg, struct chan *c,
 	/* The reader logged its own failures where they happened. */
 	if (!*stream_reader_error(&r))
 		log_err("restore failed: %s", strerror(-err));
+	if (msg && len)
+		snprintf(msg, len, "%s",
+			 *stream_reader_error(&r) ? stream_reader_error(&r)
+						  : strerror(-err));
 out_fini:
 	stream_reader_fini(&r);
 	if (rc.d)

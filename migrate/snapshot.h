@@ -36,4 +36,10 @@ int snap_save(const struct hv_ops *ops, struct hv_domain *d, struct chan *c,
 int snap_restore(const struct hv_ops *ops, const void *cfg, struct chan *c,
 		 bool whole, struct hv_domain **out);
 
+/* snap_restore that also leaves the reason for a failure in msg[0..len)
+ * (the reader's message naming the record, or the error's text). */
+int snap_restore_msg(const struct hv_ops *ops, const void *cfg,
+		     struct chan *c, bool whole, struct hv_domain **out,
+		     char *msg, size_t len);
+
 #endif /* SNAPSHOT_H */

@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -66,6 +67,10 @@ int kvm_blk_init(struct hv_domain *d, const char *path, uint64_t size)
 		return err;
 	}
 	b->sectors = (uint64_t)sb.st_size / FT_BLOCK_SECTOR;
+	b->nr_blocks = ((uint64_t)sb.st_size + HV_DISK_BLOCK - 1) / HV_DISK_BLOCK;
+	b->dirty = calloc((b->nr_blocks + 63) / 64, sizeof(uint64_t));
+	if (!b->dirty)
+		return -ENOMEM;
 	return 0;
 }
 
@@ -73,6 +78,104 @@ void kvm_blk_fini(struct hv_domain *d)
 {
 	if (d->blk.fd >= 0)
 		close(d->blk.fd);
+	free(d->blk.dirty);
+}
+
+void kvm_blk_log(struct hv_domain *d, bool on)
+{
+	struct kvm_blk *b = &d->blk;
+	uint64_t i;
+
+	if (b->fd < 0)
+		return;
+	/* Start from an empty set: the caller copies everything once. */
+	for (i = 0; on && i < (b->nr_blocks + 63) / 64; i++)
+		__atomic_store_n(&b->dirty[i], 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&b->logging, on, __ATOMIC_SEQ_CST);
+}
+
+/* Log a guest write of [off, off + len) (len > 0). */
+static void blk_mark(struct kvm_blk *b, uint64_t off, uint64_t len)
+{
+	uint64_t i, last = (off + len - 1) / HV_DISK_BLOCK;
+
+	if (!__atomic_load_n(&b->logging, __ATOMIC_SEQ_CST))
+		return;
+	for (i = off / HV_DISK_BLOCK; i <= last; i++)
+		__atomic_fetch_or(&b->dirty[i / 64], 1ULL << (i % 64),
+				  __ATOMIC_SEQ_CST);
+}
+
+int kvm_disk_info(struct hv_domain *d, unsigned idx, uint64_t *size)
+{
+	if (idx || d->blk.fd < 0)
+		return -ENOENT;
+	*size = d->blk.sectors * FT_BLOCK_SECTOR;
+	return 0;
+}
+
+int kvm_disk_dirty_fetch(struct hv_domain *d, unsigned idx, uint64_t *bitmap,
+			 uint64_t nr_blocks)
+{
+	struct kvm_blk *b = &d->blk;
+	uint64_t i;
+
+	if (idx || b->fd < 0)
+		return -ENOENT;
+	if (nr_blocks != b->nr_blocks)
+		return -EINVAL;
+	for (i = 0; i < (nr_blocks + 63) / 64; i++)
+		bitmap[i] |= __atomic_exchange_n(&b->dirty[i], 0,
+						 __ATOMIC_SEQ_CST);
+	return 0;
+}
+
+/* pread or pwrite all of [off, off + len) of the image. */
+static int blk_rw(struct kvm_blk *b, uint64_t off, void *buf, size_t len,
+		  bool write)
+{
+	size_t done = 0;
+	ssize_t n;
+
+	if (off % FT_BLOCK_SECTOR || len % FT_BLOCK_SECTOR ||
+	    off > b->sectors * FT_BLOCK_SECTOR ||
+	    len > b->sectors * FT_BLOCK_SECTOR - off)
+		return -EINVAL;
+	while (done < len) {
+		n = write ? pwrite(b->fd, (char *)buf + done, len - done,
+				   (off_t)(off + done))
+			  : pread(b->fd, (char *)buf + done, len - done,
+				  (off_t)(off + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			int err = n < 0 ? -errno : -EIO;
+
+			log_err("disk image %s at byte %llu: %s",
+				write ? "write" : "read",
+				(unsigned long long)(off + done),
+				strerror(-err));
+			return err;
+		}
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+int kvm_disk_read(struct hv_domain *d, unsigned idx, uint64_t off, void *buf,
+		  size_t len)
+{
+	if (idx || d->blk.fd < 0)
+		return -ENOENT;
+	return blk_rw(&d->blk, off, buf, len, false);
+}
+
+int kvm_disk_write(struct hv_domain *d, unsigned idx, uint64_t off,
+		   const void *buf, size_t len)
+{
+	if (idx || d->blk.fd < 0)
+		return -ENOENT;
+	return blk_rw(&d->blk, off, (void *)buf, len, true);
 }
 
 int64_t kvm_blk_info(struct hv_domain *d, struct ft_hc_block_info *a)
@@ -122,6 +225,7 @@ int64_t kvm_blk_io(struct hv_domain *d, struct ft_hc_block_io *a, bool write)
 		done += (uint64_t)n;
 	}
 	if (write) {
+		blk_mark(b, (uint64_t)off, len);
 		b->stats.writes++;
 		b->stats.bytes_written += len;
 		if (a->flags & FT_BLOCK_F_FLUSH) {

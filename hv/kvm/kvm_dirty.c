@@ -397,6 +397,7 @@ int kvm_dirty_set(struct hv_domain *d, bool on)
 	if (!on && d->ring && ring_harvest(d, NULL))
 		err = ring_reset(d); /* leftovers of the last round */
 	__atomic_store_n(&d->dirty_on, on, __ATOMIC_RELEASE);
+	kvm_blk_log(d, on);
 out:
 	pthread_mutex_unlock(&d->dirty_lock);
 	return err;

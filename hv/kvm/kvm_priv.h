@@ -66,6 +66,11 @@ struct kvm_blk {
 	struct kvm_blk_stats {
 		uint64_t reads, writes, flushes, bytes_read, bytes_written;
 	} stats;                     /* saved as is (little-endian u64s) */
+	/* Write log, one bit per HV_DISK_BLOCK, while `logging` (set and
+	 * fetched with atomics: the vCPU thread marks, a migration fetches). */
+	uint64_t *dirty;
+	uint64_t nr_blocks;
+	bool logging;
 };
 
 struct hv_domain {
@@ -91,6 +96,7 @@ struct hv_domain {
 	int64_t exit_status;         /* lock */
 	char reason[512];            /* lock */
 	atomic_uint_fast64_t exits, hypercalls;
+	atomic_uint throttle_pct;    /* hv_ops throttle; vCPU thread applies */
 
 	struct kvm_clock clock;      /* vCPU thread, or lock holder when paused */
 	struct kvm_net net;
@@ -143,6 +149,15 @@ int64_t kvm_blk_io(struct hv_domain *d, struct ft_hc_block_io *a, bool write);
 int64_t kvm_blk_flush(struct hv_domain *d, struct ft_hc_block_flush *a);
 int kvm_blk_save(struct hv_domain *d, hv_dev_cb cb, void *ctx);
 int kvm_blk_load(struct hv_domain *d, const struct hv_dev_rec *rec);
+/* hv_ops disk_* (see hv.h) and the log switch kvm_dirty_set calls. */
+void kvm_blk_log(struct hv_domain *d, bool on);
+int kvm_disk_info(struct hv_domain *d, unsigned idx, uint64_t *size);
+int kvm_disk_dirty_fetch(struct hv_domain *d, unsigned idx, uint64_t *bitmap,
+			 uint64_t nr_blocks);
+int kvm_disk_read(struct hv_domain *d, unsigned idx, uint64_t off, void *buf,
+		  size_t len);
+int kvm_disk_write(struct hv_domain *d, unsigned idx, uint64_t off,
+		   const void *buf, size_t len);
 
 /* kvm_dirty.c */
 /* Pick and enable the mechanism; before the vCPU is created. */

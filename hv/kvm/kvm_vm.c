@@ -130,9 +130,92 @@ static int complete_io(struct hv_domain *d)
 	return 0;
 }
 
+/*
+ * Throttling (hv_ops throttle): while throttle_pct is non-zero the vCPU
+ * thread kicks itself every HV_THROTTLE_PERIOD_MS with a timer, and after
+ * each (100 - pct)% of a period in guest mode it sleeps pct% of one,
+ * waking early for a pause or quit.  Per-thread state.
+ */
+struct throttle {
+	timer_t timer;
+	bool have_timer;
+	unsigned armed;	  /* pct the timer is armed for (0: disarmed) */
+	uint64_t next_ns; /* when the next sleep is due */
+};
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static void throttle_arm(struct throttle *t, unsigned pct)
+{
+	struct itimerspec its = { 0 };
+
+	if (!t->have_timer) {
+		struct sigevent sev = { .sigev_notify = SIGEV_THREAD_ID,
+					.sigev_signo = KICK_SIGNAL };
+
+		sev._sigev_un._tid = gettid();
+		if (timer_create(CLOCK_MONOTONIC, &sev, &t->timer) < 0) {
+			log_warn("throttle timer: %s", strerror(errno));
+			t->armed = pct;
+			return;
+		}
+		t->have_timer = true;
+	}
+	if (pct) {
+		its.it_interval.tv_nsec = HV_THROTTLE_PERIOD_MS * 1000000L;
+		its.it_value = its.it_interval;
+	}
+	timer_settime(t->timer, 0, &its, NULL);
+	t->armed = pct;
+	t->next_ns = mono_ns();
+}
+
+/* Apply the throttle before entering the guest.  Called unlocked. */
+static void throttle_step(struct hv_domain *d, struct throttle *t)
+{
+	unsigned pct = atomic_load(&d->throttle_pct);
+	uint64_t period = HV_THROTTLE_PERIOD_MS * 1000000ULL, now;
+	struct timespec dl;
+
+	if (pct != t->armed)
+		throttle_arm(t, pct);
+	if (!pct)
+		return;
+	now = mono_ns();
+	if (now < t->next_ns)
+		return;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_nsec += (long)(period * pct / 100);
+	dl.tv_sec += dl.tv_nsec / 1000000000L;
+	dl.tv_nsec %= 1000000000L;
+	pthread_mutex_lock(&d->lock);
+	while (!d->pause_count && !d->quit &&
+	       pthread_cond_timedwait(&d->cond, &d->lock, &dl) != ETIMEDOUT)
+		;
+	pthread_mutex_unlock(&d->lock);
+	t->next_ns = mono_ns() + period * (100 - pct) / 100;
+}
+
+static int kvm_throttle(struct hv_domain *d, unsigned pct)
+{
+	if (pct > 99)
+		return -EINVAL;
+	atomic_store(&d->throttle_pct, pct);
+	/* Let the vCPU thread see it now, not at its next exit. */
+	pthread_kill(d->thread, KICK_SIGNAL);
+	return 0;
+}
+
 static void *vcpu_thread(void *arg)
 {
 	struct hv_domain *d = arg;
+	struct throttle thr = { 0 };
 	sigset_t set;
 
 	this_run = d->run;
@@ -141,6 +224,7 @@ static void *vcpu_thread(void *arg)
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 
 	for (;;) {
+		throttle_step(d, &thr);
 		pthread_mutex_lock(&d->lock);
 		if (d->pause_count || d->quit) {
 			pthread_mutex_unlock(&d->lock);
@@ -184,6 +268,8 @@ static void *vcpu_thread(void *arg)
 		if (!handle_exit(d))
 			break;
 	}
+	if (thr.have_timer)
+		timer_delete(thr.timer);
 	pthread_mutex_lock(&d->lock);
 	d->parked = true;
 	pthread_cond_broadcast(&d->cond);
@@ -555,4 +641,9 @@ const struct hv_ops kvm_hv_ops = {
 	.status = kvm_status,
 	.event_fd = kvm_event_fd,
 	.dev_load = kvm_dev_load,
+	.throttle = kvm_throttle,
+	.disk_info = kvm_disk_info,
+	.disk_dirty_fetch = kvm_disk_dirty_fetch,
+	.disk_read = kvm_disk_read,
+	.disk_write = kvm_disk_write,
 };

@@ -9,7 +9,11 @@
  *  - a receiver that closes the connection mid-stream, one that never
  *    answers, and a stream with one flipped byte each make mig_send fail
  *    and leave the source running (its console advancing); the corrupt
- *    stream is rejected by the receiver with an error verdict.
+ *    stream is rejected by the receiver with an ERR message;
+ *  - the commit: a destination that cannot start the VM after GO answers
+ *    ERR and the source resumes; one that goes silent after GO leaves the
+ *    source paused and mig_send in doubt (-EINPROGRESS); a sender that
+ *    vanishes after READY makes the receiver discard its copy.
  *
  * Needs /dev/kvm; skips with the reason where it is missing.
  */
@@ -25,6 +29,7 @@
 
 #include "bench/benchvm.h"
 #include "migrate/precopy.h"
+#include "migrate/snapshot.h"
 
 #define MEM (128ULL << 20)
 #define CMDLINE "--wss 64 --rate 32 --fill random"
@@ -113,9 +118,28 @@ struct rx {
 	int mode; /* RX_* */
 	int err;
 	struct hv_domain *dom;
+	char msg[512];
 };
 
-enum { RX_MIGRATE, RX_CLOSE_EARLY, RX_NO_ACK };
+enum { RX_MIGRATE, RX_CLOSE_EARLY, RX_NO_ACK, RX_START_FAILS, RX_MUTE_AFTER_GO };
+
+/* The test starts the destination itself, after comparing RAM. */
+static int start_later(void *ctx, struct hv_domain *d)
+{
+	return 0;
+}
+
+static int start_fails(void *ctx, struct hv_domain *d)
+{
+	return -EIO;
+}
+
+/* Runs, but the source never hears of it. */
+static int start_mute(void *ctx, struct hv_domain *d)
+{
+	shutdown(*(int *)ctx, SHUT_RDWR);
+	return 0;
+}
 
 static void *rx_main(void *arg)
 {
@@ -126,12 +150,19 @@ static void *rx_main(void *arg)
 	ssize_t n;
 
 	switch (rx->mode) {
-	case RX_MIGRATE: {
+	case RX_MIGRATE:
+	case RX_START_FAILS:
+	case RX_MUTE_AFTER_GO: {
 		struct kvm_cfg cfg = { .console_fd = rx->con };
+		mig_start_fn fn = rx->mode == RX_MIGRATE	 ? start_later
+				  : rx->mode == RX_START_FAILS ? start_fails
+							       : start_mute;
 
 		rx->err = chan_from_fd(&c, rx->fd, true);
 		if (!rx->err) {
-			rx->err = mig_recv(&kvm_hv_ops, &cfg, c, &rx->dom);
+			rx->err = mig_recv(&kvm_hv_ops, &cfg, c, 2000, fn,
+					   &rx->fd, &rx->dom, rx->msg,
+					   sizeof(rx->msg));
 			chan_close(c);
 		}
 		break;
@@ -232,7 +263,8 @@ static void params(struct mig_params *p, int fd)
 {
 	mig_params_init(p);
 	p->start_rate = 256ULL << 20;
-	p->ack_fd = fd;
+	p->max_rate = 256ULL << 20;
+	p->timeout_ms = 2000;
 }
 
 /* Destination RAM == source RAM; the dirtier's pattern holds. */
@@ -307,10 +339,10 @@ static void test_migrate(void **state)
 	for (unsigned i = 0; i < st.rounds; i++)
 		print_message(" %llu", (unsigned long long)st.round[i].pages);
 	print_message("), final %llu pages, %.1f MiB, downtime %.2f ms, "
-		      "verdict %.2f ms, total %.0f ms, link %llu MiB/s\n",
+		      "stop-and-copy %.2f ms, total %.0f ms, link %llu MiB/s\n",
 		      (unsigned long long)st.final_pages,
 		      (double)st.bytes / (1 << 20), st.downtime_ns / 1e6,
-		      st.ack_ns / 1e6, st.total_ns / 1e6,
+		      st.stop_copy_ns / 1e6, st.total_ns / 1e6,
 		      (unsigned long long)st.link_rate >> 20);
 	assert_true(st.rounds >= 2);
 	assert_int_equal(st.decision, MIG_STOP_AND_COPY);
@@ -351,7 +383,7 @@ static void failing_receiver(int mode, int want)
 	assert_int_equal(pthread_create(&t, NULL, rx_main, &rx), 0);
 	assert_int_equal(chan_from_fd(&c, sv[0], false), 0);
 	params(&p, sv[0]);
-	p.ack_timeout_ms = 500;
+	p.timeout_ms = 500;
 	err = mig_send(&kvm_hv_ops, s->vm.d, c, &p, NULL);
 	chan_close(c);
 	close(sv[0]); /* ends the draining receiver */
@@ -380,7 +412,7 @@ static void test_corrupt_byte(void **state)
 	struct rx rx = { .mode = RX_MIGRATE };
 	struct relay rl = { .flip = (8u << 20) + 12345 };
 	struct mig_params p;
-	struct mig_reply rep;
+	struct mig_msg rep;
 	struct chan *c;
 	pthread_t t, tr;
 	int sa[2], sb[2], err;
@@ -407,11 +439,123 @@ static void test_corrupt_byte(void **state)
 	assert_true(err < 0);
 	assert_int_equal(rx.err, -EBADMSG); /* record checksum */
 	assert_null(rx.dom);
-	assert_int_equal(rl.reply_len, sizeof(rep));
+	assert_true(rl.reply_len > sizeof(rep));
 	memcpy(&rep, rl.reply, sizeof(rep));
-	assert_memory_equal(rep.magic, MIG_REPLY_ERR, 8);
+	assert_memory_equal(rep.magic, MIG_MSG_ERR, 8);
 	assert_int_equal(rep.err, EBADMSG);
+	print_message("# receiver: %s\n", rx.msg);
+	assert_non_null(strstr(rx.msg, "checksum"));
 	assert_source_runs(s);
+	stop_source(s);
+}
+
+/* A destination that cannot start the VM after GO: ERR, source resumes. */
+static void test_start_fails(void **state)
+{
+	struct source *s = start_source();
+	struct rx rx = { .mode = RX_START_FAILS };
+	struct mig_params p;
+	struct mig_stats st;
+	struct chan *c;
+	pthread_t t;
+	int sv[2], err;
+
+	rx.con = memfd_create("dst-console", MFD_CLOEXEC);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	rx.fd = sv[1];
+	assert_int_equal(pthread_create(&t, NULL, rx_main, &rx), 0);
+	assert_int_equal(chan_from_fd(&c, sv[0], false), 0);
+	params(&p, sv[0]);
+	err = mig_send(&kvm_hv_ops, s->vm.d, c, &p, &st);
+	pthread_join(t, NULL);
+	chan_close(c);
+	close(sv[0]);
+	close(rx.con);
+	print_message("# sender: %s\n", st.error);
+	assert_int_equal(err, -EIO);
+	assert_int_equal(rx.err, -EIO);
+	assert_null(rx.dom);
+	assert_non_null(strstr(st.error, "after the go"));
+	assert_source_runs(s);
+	stop_source(s);
+}
+
+/* Silence after GO: in doubt, the source stays paused. */
+static void test_in_doubt(void **state)
+{
+	struct source *s = start_source();
+	struct rx rx = { .mode = RX_MUTE_AFTER_GO };
+	struct mig_params p;
+	struct mig_stats st;
+	struct hv_status hs;
+	struct chan *c;
+	pthread_t t;
+	int sv[2], err;
+
+	rx.con = memfd_create("dst-console", MFD_CLOEXEC);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	rx.fd = sv[1];
+	assert_int_equal(pthread_create(&t, NULL, rx_main, &rx), 0);
+	assert_int_equal(chan_from_fd(&c, sv[0], false), 0);
+	params(&p, sv[0]);
+	err = mig_send(&kvm_hv_ops, s->vm.d, c, &p, &st);
+	pthread_join(t, NULL);
+	chan_close(c);
+	close(sv[0]);
+	print_message("# sender: %s\n", st.error);
+	assert_int_equal(err, -EINPROGRESS);
+	assert_int_equal(rx.err, 0); /* it runs there */
+	assert_non_null(rx.dom);
+	kvm_hv_ops.status(s->vm.d, &hs);
+	assert_int_equal(hs.state, HV_STATE_PAUSED);
+	kvm_hv_ops.destroy(rx.dom);
+	close(rx.con);
+	/* The owner resolves it (here: resume the source) */
+	assert_int_equal(kvm_hv_ops.unpause(s->vm.d), 0);
+	usleep(100000); /* let the vCPU thread leave its park */
+	assert_source_runs(s);
+	stop_source(s);
+}
+
+/* A sender that vanishes after READY: the receiver discards its copy. */
+static void test_no_go(void **state)
+{
+	struct source *s = start_source();
+	struct rx rx = { .mode = RX_MIGRATE };
+	struct chan *c, *mem;
+	struct snap_stats ss;
+	const void *data;
+	pthread_t t;
+	size_t len;
+	int sv[2];
+	char buf[64];
+
+	rx.con = memfd_create("dst-console", MFD_CLOEXEC);
+	assert_int_equal(chan_open_mem(&mem, NULL, 0, 1ULL << 30), 0);
+	assert_int_equal(kvm_hv_ops.pause(s->vm.d), 0);
+	assert_int_equal(snap_save(&kvm_hv_ops, s->vm.d, mem, &ss), 0);
+	assert_int_equal(kvm_hv_ops.unpause(s->vm.d), 0);
+	data = chan_mem_data(mem, &len);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	rx.fd = sv[1];
+	assert_int_equal(pthread_create(&t, NULL, rx_main, &rx), 0);
+	assert_int_equal(chan_from_fd(&c, sv[0], false), 0);
+	assert_int_equal(chan_write(c, data, len), 0);
+	/* READY arrives; never answer it, then hang up */
+	assert_int_equal(chan_read(c, buf, sizeof(struct mig_msg)), 0);
+	assert_memory_equal(buf, MIG_MSG_READY, 8);
+	pthread_join(t, NULL);
+	chan_close(c);
+	chan_close(mem);
+	close(sv[0]);
+	close(rx.con);
+	print_message("# receiver: %s\n", rx.msg);
+	assert_int_equal(rx.err, -ETIMEDOUT);
+	assert_null(rx.dom);
+	assert_non_null(strstr(rx.msg, "never gave the go"));
 	stop_source(s);
 }
 
@@ -431,6 +575,9 @@ int main(void)
 		cmocka_unit_test(test_receiver_hangs_up),
 		cmocka_unit_test(test_no_verdict),
 		cmocka_unit_test(test_corrupt_byte),
+		cmocka_unit_test(test_start_fails),
+		cmocka_unit_test(test_in_doubt),
+		cmocka_unit_test(test_no_go),
 	};
 
 	if (!have_kvm()) {
