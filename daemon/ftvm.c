@@ -400,12 +400,10 @@ static void *mig_send_main(void *arg)
 
 	err = chan_net_connect(j->to, &j->tls.cfg, (int)j->p.timeout_ms, &c);
 	if (err) {
+		/* chan_net logged the cause in words; pass it on. */
 		snprintf(j->st.error, sizeof(j->st.error),
 			 "cannot connect to %.100s: %s", j->to,
-			 err == -EACCES	     ? "certificate refused (see the log)"
-			 : err == -EPROTO    ? "the peer does not speak TLS 1.3"
-			 : err == -ETIMEDOUT ? "timed out"
-					     : strerror(-err));
+			 *log_last_err() ? log_last_err() : strerror(-err));
 	} else {
 		err = mig_send(j->vm->ops, j->vm->dom, c, &j->p, &j->st);
 		chan_close(c);
@@ -1650,6 +1648,9 @@ static int do_ctl(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	log_set_prog("ftvm");
+	/* A vanished peer (migration, control client) is an EPIPE error,
+	 * not the end of the VM. */
+	signal(SIGPIPE, SIG_IGN);
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
 		usage(argc < 2 ? stderr : stdout);
 		return argc < 2 ? 2 : 0;

@@ -568,11 +568,21 @@ static int tls_set_timeout(struct chan *c, unsigned ms)
 	return chan_sock_timeout(((struct chan_tls *)c)->fd, ms);
 }
 
+/* Decrypted bytes waiting, or ciphertext on the socket (which may be
+ * less than a record: the read that follows waits for the rest). */
+static int tls_readable(struct chan *c)
+{
+	struct chan_tls *t = (struct chan_tls *)c;
+
+	return SSL_pending(t->ssl) > 0 ? 1 : chan_fd_readable(t->fd);
+}
+
 static const struct chan_ops tls_ops = {
 	.kind = "tls",
 	.writev = tls_writev,
 	.read = tls_read,
 	.set_timeout = tls_set_timeout,
+	.readable = tls_readable,
 	.close = tls_close,
 };
 

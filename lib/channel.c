@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,6 +135,23 @@ int chan_sock_timeout(int fd, unsigned ms)
 	return 0;
 }
 
+int chan_fd_readable(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	int rc = poll(&p, 1, 0);
+
+	if (rc < 0)
+		return errno == EINTR ? 0 : -errno;
+	return rc > 0;
+}
+
+static int fd_readable(struct chan *c)
+{
+	struct chan_fd *f = (struct chan_fd *)c;
+
+	return f->regular ? 0 : chan_fd_readable(f->fd);
+}
+
 static int fd_set_timeout(struct chan *c, unsigned ms)
 {
 	struct chan_fd *f = (struct chan_fd *)c;
@@ -147,6 +165,7 @@ static const struct chan_ops fd_ops = {
 	.read = fd_read,
 	.flush = fd_flush,
 	.set_timeout = fd_set_timeout,
+	.readable = fd_readable,
 	.close = fd_close,
 };
 
@@ -398,6 +417,13 @@ int chan_read(struct chan *c, void *buf, size_t len)
 		return -EPIPE;
 	}
 	return 0;
+}
+
+int chan_readable(struct chan *c)
+{
+	if (c->err)
+		return c->err;
+	return c->ops->readable ? c->ops->readable(c) : 0;
 }
 
 int chan_set_timeout(struct chan *c, unsigned ms)

@@ -7,6 +7,12 @@
 static const char *log_prog = "ft";
 static enum log_level log_level = LOG_INFO;
 static FILE *log_file;
+static __thread char last_err[512];
+
+const char *log_last_err(void)
+{
+	return last_err;
+}
 
 void log_set_prog(const char *prog)
 {
@@ -38,6 +44,11 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	va_list ap;
 	int n;
 
+	if (level == LOG_ERR) {
+		va_start(ap, fmt);
+		vsnprintf(last_err, sizeof(last_err), fmt, ap);
+		va_end(ap);
+	}
 	if (level > log_level)
 		return;
 	n = snprintf(buf, sizeof(buf), "%s: %s: ", log_prog, names[level]);

@@ -22,6 +22,10 @@ enum log_level log_get_level(void);
 /* Send messages to `f` instead of stderr (NULL restores stderr). */
 void log_set_file(FILE *f);
 
+/* The calling thread's last error message (without the prefix), or "":
+ * for a caller that reports a library failure to a user. */
+const char *log_last_err(void);
+
 void log_msg(enum log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 

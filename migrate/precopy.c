@@ -154,6 +154,88 @@ set_error(struct mig_stats *st, const char *fmt, ...)
 	va_end(ap);
 }
 
+static int send_msg(struct chan *c, const char *magic, int err,
+		    const char *text)
+{
+	struct mig_msg m = { .err = htole32((uint32_t)-err) };
+	size_t len = text ? strnlen(text, MIG_MSG_TEXT_MAX) : 0;
+	struct iovec iov[2] = { { &m, sizeof(m) }, { (void *)text, len } };
+	int rc;
+
+	memcpy(m.magic, magic, sizeof(m.magic));
+	m.msg_len = htole32((uint32_t)len);
+	if (c->err)
+		return c->err;
+	rc = chan_writev(c, iov, len ? 2 : 1);
+	if (!rc)
+		rc = chan_flush(c, false);
+	return rc;
+}
+
+/*
+ * Read one commit message; return 0 and its magic in `magic` (with *rerr
+ * the ERR errno and text[] its sentence), or -errno: the channel's, or
+ * -EBADMSG for a malformed message.
+ */
+static int read_msg(struct chan *c, char magic[9], int *rerr, char *text,
+		    size_t tlen)
+{
+	static const char *const known[] = { MIG_MSG_READY, MIG_MSG_ERR,
+					     MIG_MSG_GO, MIG_MSG_RUN };
+	char buf[MIG_MSG_TEXT_MAX + 1];
+	struct mig_msg m;
+	uint32_t e, len;
+	bool ok = false;
+	int err;
+
+	err = chan_read(c, &m, sizeof(m));
+	if (err)
+		return err;
+	e = le32toh(m.err);
+	len = le32toh(m.msg_len);
+	for (unsigned i = 0; i < 4; i++)
+		ok |= !memcmp(m.magic, known[i], 8);
+	if (!ok || len > MIG_MSG_TEXT_MAX ||
+	    (!memcmp(m.magic, MIG_MSG_ERR, 8) ? !e || e >= 4096 : e != 0)) {
+		log_err("migration: malformed message from the peer "
+			"(magic %.8s, err %u, text %u bytes)",
+			m.magic, e, len);
+		return -EBADMSG;
+	}
+	err = chan_read(c, buf, len);
+	if (err)
+		return err;
+	buf[len] = '\0';
+	memcpy(magic, m.magic, 8);
+	magic[8] = '\0';
+	*rerr = -(int)e;
+	snprintf(text, tlen, "%s", buf);
+	return 0;
+}
+
+/* The receiver only speaks before END to report a failure: if it did,
+ * read why and fail with its errno. */
+static int early_answer(struct mig_sender *s)
+{
+	char magic[9], text[MIG_MSG_TEXT_MAX + 1];
+	int rerr, err = chan_readable(s->c);
+
+	if (err <= 0)
+		return err;
+	err = read_msg(s->c, magic, &rerr, text, sizeof(text));
+	if (err)
+		return err;
+	if (strcmp(magic, MIG_MSG_ERR)) {
+		set_error(s->st, "unexpected %s message from the destination "
+			  "during the transfer", magic);
+		log_err("migration: %s", s->st->error);
+		return -EBADMSG;
+	}
+	set_error(s->st, "the destination refused the VM: %s", text);
+	log_err("migration: %s", s->st->error);
+	return rerr;
+}
+
 /* Report progress if the last report is PROGRESS_NS old (or `force`);
  * returns the callback's verdict (non-zero: cancel). */
 static int progress(struct mig_sender *s, bool force)
@@ -197,6 +279,9 @@ static int pace(struct mig_sender *s)
 		set_error(s->st, "cancelled");
 		return err;
 	}
+	err = early_answer(s);
+	if (err)
+		return err;
 	if (!s->rate)
 		return 0;
 	allowed = (uint64_t)((unsigned __int128)(now_ns() - s->t_start +
@@ -424,68 +509,12 @@ static const char *chan_error_text(int err)
 	case -EHOSTUNREACH:
 	case -ENETDOWN:
 		return "the network to the destination is down";
+	case -EPROTO:
+		return "the TLS session failed (a damaged record or a TLS "
+		       "alert from the destination; see its log)";
 	default:
 		return NULL;
 	}
-}
-
-static int send_msg(struct chan *c, const char *magic, int err,
-		    const char *text)
-{
-	struct mig_msg m = { .err = htole32((uint32_t)-err) };
-	size_t len = text ? strnlen(text, MIG_MSG_TEXT_MAX) : 0;
-	struct iovec iov[2] = { { &m, sizeof(m) }, { (void *)text, len } };
-	int rc;
-
-	memcpy(m.magic, magic, sizeof(m.magic));
-	m.msg_len = htole32((uint32_t)len);
-	if (c->err)
-		return c->err;
-	rc = chan_writev(c, iov, len ? 2 : 1);
-	if (!rc)
-		rc = chan_flush(c, false);
-	return rc;
-}
-
-/*
- * Read one commit message; return 0 and its magic in `magic` (with *rerr
- * the ERR errno and text[] its sentence), or -errno: the channel's, or
- * -EBADMSG for a malformed message.
- */
-static int read_msg(struct chan *c, char magic[9], int *rerr, char *text,
-		    size_t tlen)
-{
-	static const char *const known[] = { MIG_MSG_READY, MIG_MSG_ERR,
-					     MIG_MSG_GO, MIG_MSG_RUN };
-	char buf[MIG_MSG_TEXT_MAX + 1];
-	struct mig_msg m;
-	uint32_t e, len;
-	bool ok = false;
-	int err;
-
-	err = chan_read(c, &m, sizeof(m));
-	if (err)
-		return err;
-	e = le32toh(m.err);
-	len = le32toh(m.msg_len);
-	for (unsigned i = 0; i < 4; i++)
-		ok |= !memcmp(m.magic, known[i], 8);
-	if (!ok || len > MIG_MSG_TEXT_MAX ||
-	    (!memcmp(m.magic, MIG_MSG_ERR, 8) ? !e || e >= 4096 : e != 0)) {
-		log_err("migration: malformed message from the peer "
-			"(magic %.8s, err %u, text %u bytes)",
-			m.magic, e, len);
-		return -EBADMSG;
-	}
-	err = chan_read(c, buf, len);
-	if (err)
-		return err;
-	buf[len] = '\0';
-	memcpy(magic, m.magic, 8);
-	magic[8] = '\0';
-	*rerr = -(int)e;
-	snprintf(text, tlen, "%s", buf);
-	return 0;
 }
 
 /* Throttle the guest while it dirties more than half of what a round
@@ -831,12 +860,27 @@ out_log:
 	goto out_fini;
 }
 
+/* After ERR: keep reading (and dropping) what the sender still sends for
+ * a moment, so that it reads our ERR instead of having its writes reset
+ * by a close with unread data. */
+static void drain(struct chan *c)
+{
+	static char buf[1 << 16];
+	uint64_t end = now_ns() + 2 * NSEC_PER_SEC;
+
+	if (chan_set_timeout(c, 500))
+		return;
+	while (now_ns() < end && chan_read_upto(c, buf, sizeof(buf)) > 0)
+		;
+}
+
 int mig_recv(const struct hv_ops *ops, const void *cfg, struct chan *c,
 	     unsigned timeout_ms, mig_start_fn start, void *start_ctx,
 	     struct hv_domain **out, char *msg, size_t len)
 {
 	char magic[9], text[MIG_MSG_TEXT_MAX + 1], why[512] = "";
 	struct hv_domain *d = NULL;
+	uint64_t t_ready, t_go;
 	int err, werr, rerr;
 
 	err = chan_set_timeout(c, timeout_ms ? timeout_ms
@@ -846,6 +890,7 @@ int mig_recv(const struct hv_ops *ops, const void *cfg, struct chan *c,
 				       sizeof(why));
 	if (err)
 		goto fail;
+	t_ready = now_ns();
 	err = send_msg(c, MIG_MSG_READY, 0, NULL);
 	if (err) {
 		snprintf(why, sizeof(why), "cannot confirm the stream: %s",
@@ -863,7 +908,11 @@ int mig_recv(const struct hv_ops *ops, const void *cfg, struct chan *c,
 					 : strerror(-err));
 		goto fail;
 	}
+	t_go = now_ns();
 	err = start(start_ctx, d);
+	log_debug("migration: READY to GO %.3f ms, start %.3f ms",
+		  (double)(t_go - t_ready) / 1e6,
+		  (double)(now_ns() - t_go) / 1e6);
 	if (err) {
 		snprintf(why, sizeof(why), "cannot start the VM: %s",
 			 strerror(-err));
@@ -884,6 +933,8 @@ fail:
 	if (werr && werr != err)
 		log_err("migration: cannot send the error to the source: %s",
 			strerror(-werr));
+	if (!werr)
+		drain(c);
 	if (d)
 		ops->destroy(d);
 	if (msg && len)

@@ -171,7 +171,8 @@ static void throttle_arm(struct throttle *t, unsigned pct)
 		its.it_interval.tv_nsec = HV_THROTTLE_PERIOD_MS * 1000000L;
 		its.it_value = its.it_interval;
 	}
-	timer_settime(t->timer, 0, &its, NULL);
+	if (timer_settime(t->timer, 0, &its, NULL) < 0)
+		log_warn("throttle timer: %s", strerror(errno));
 	t->armed = pct;
 	t->next_ns = mono_ns();
 }

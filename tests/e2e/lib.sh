@@ -80,3 +80,70 @@ topo() {
 	ip -n "$CNS" addr add 10.77.0.1/24 dev veth-c
 	ip -n "$CNS" link set veth-c up
 }
+
+# hosts2 PREFIX: two "hosts" PREFIX-a and PREFIX-b and a client PREFIX-c.
+#  - migration link: veth mig between the hosts, 10.78.0.1 (a) and
+#    10.78.0.2 (b), in $A_IP and $B_IP; `ip -n $ANS link set mig down`
+#    cuts it;
+#  - guest LAN: bridge br0 on each host, each with an uplink veth into
+#    the client's bridge lan (10.77.0.1/24), so a VM on either host with
+#    --net ...,bridge=br0 is on the client's LAN and can move between them.
+# Sets ANS BNS CNS A_IP B_IP.  Removed at exit.
+hosts2() {
+	ANS=$1-a BNS=$1-b CNS=$1-c A_IP=10.78.0.1 B_IP=10.78.0.2
+	netns "$ANS"
+	netns "$BNS"
+	netns "$CNS"
+	local n
+	for n in "$ANS" "$BNS" "$CNS"; do ip -n "$n" link set lo up; done
+	ip -n "$CNS" link add lan type bridge
+	ip -n "$CNS" link set lan up
+	ip -n "$CNS" addr add 10.77.0.1/24 dev lan
+	for n in a b; do
+		local h=$1-$n
+		ip -n "$h" link add br0 type bridge
+		ip -n "$h" link set br0 up
+		ip -n "$h" link add uplink type veth peer name p$n netns "$CNS"
+		ip -n "$h" link set uplink master br0 up
+		ip -n "$CNS" link set p$n master lan up
+	done
+	ip -n "$ANS" link add mig type veth peer name mig netns "$BNS"
+	ip -n "$ANS" addr add "$A_IP/24" dev mig
+	ip -n "$BNS" addr add "$B_IP/24" dev mig
+	ip -n "$ANS" link set mig up
+	ip -n "$BNS" link set mig up
+}
+
+# certs DIR: a test CA and certificates for hosta (10.78.0.1), hostb
+# (10.78.0.2), an expired one for hostb and one from a foreign CA.
+certs() {
+	command -v openssl >/dev/null || skip "openssl not installed"
+	"$TOP/tools/ft-certs" init "$1" >/dev/null &&
+		"$TOP/tools/ft-certs" host "$1" hosta 10.78.0.1 >/dev/null &&
+		"$TOP/tools/ft-certs" host "$1" hostb 10.78.0.2 >/dev/null &&
+		mkdir -p "$1/old" "$1/other" &&
+		cp "$1/ca.crt" "$1/ca.key" "$1/old/" &&
+		"$TOP/tools/ft-certs" expired "$1/old" hostb 10.78.0.2 >/dev/null &&
+		"$TOP/tools/ft-certs" init "$1/other" >/dev/null &&
+		"$TOP/tools/ft-certs" host "$1/other" hostb 10.78.0.2 >/dev/null ||
+		fail "ft-certs failed"
+}
+
+# tls DIR NAME: ftvm TLS options for host NAME with certificates in DIR.
+tls() { echo "--ca $1/ca.crt --cert $1/$2.crt --key $1/$2.key"; }
+
+# incoming NS IP OUT ARGS...: start `ftvm incoming --listen IP:0 ARGS` in
+# namespace NS (stdout to OUT, stderr to OUT.err); sets $INC_PID and, once
+# it listens, $INC_ADDR.
+incoming() {
+	local ns=$1 ip=$2 out=$3; shift 3
+	rm -f "$out" "$out.err"
+	: > "$out"
+	ip netns exec "$ns" "$FTVM" incoming --listen "$ip:0" "$@" \
+		> "$out" 2> "$out.err" &
+	INC_PID=$!
+	_pids+=($INC_PID)
+	wait_for 20 grep -q 'listening on' "$out" ||
+		fail "incoming did not listen: $(cat "$out.err")"
+	INC_ADDR=$(sed -n 's/^incoming: listening on //p' "$out")
+}
