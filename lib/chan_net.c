@@ -570,11 +570,11 @@ static int tls_set_timeout(struct chan *c, unsigned ms)
 
 /* Decrypted bytes waiting, or ciphertext on the socket (which may be
  * less than a record: the read that follows waits for the rest). */
-static int tls_readable(struct chan *c)
+static int tls_readable(struct chan *c, int ms)
 {
 	struct chan_tls *t = (struct chan_tls *)c;
 
-	return SSL_pending(t->ssl) > 0 ? 1 : chan_fd_readable(t->fd);
+	return SSL_pending(t->ssl) > 0 ? 1 : chan_fd_readable(t->fd, ms);
 }
 
 static const struct chan_ops tls_ops = {

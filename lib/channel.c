@@ -135,21 +135,21 @@ int chan_sock_timeout(int fd, unsigned ms)
 	return 0;
 }
 
-int chan_fd_readable(int fd)
+int chan_fd_readable(int fd, int ms)
 {
 	struct pollfd p = { .fd = fd, .events = POLLIN };
-	int rc = poll(&p, 1, 0);
+	int rc = poll(&p, 1, ms);
 
 	if (rc < 0)
 		return errno == EINTR ? 0 : -errno;
 	return rc > 0;
 }
 
-static int fd_readable(struct chan *c)
+static int fd_readable(struct chan *c, int ms)
 {
 	struct chan_fd *f = (struct chan_fd *)c;
 
-	return f->regular ? 0 : chan_fd_readable(f->fd);
+	return f->regular ? 0 : chan_fd_readable(f->fd, ms);
 }
 
 static int fd_set_timeout(struct chan *c, unsigned ms)
@@ -419,11 +419,11 @@ int chan_read(struct chan *c, void *buf, size_t len)
 	return 0;
 }
 
-int chan_readable(struct chan *c)
+int chan_readable(struct chan *c, int ms)
 {
 	if (c->err)
 		return c->err;
-	return c->ops->readable ? c->ops->readable(c) : 0;
+	return c->ops->readable ? c->ops->readable(c, ms) : 0;
 }
 
 int chan_set_timeout(struct chan *c, unsigned ms)

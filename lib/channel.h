@@ -44,8 +44,9 @@ struct chan_ops {
 	 * milliseconds (0: no bound); a read or write that waits longer
 	 * fails with -ETIMEDOUT.  Return 0 or -errno. */
 	int (*set_timeout)(struct chan *c, unsigned ms);
-	/* Optional: 1 if a read would find data now, 0 if not, or -errno. */
-	int (*readable)(struct chan *c);
+	/* Optional: 1 once a read would find data, 0 if none came within
+	 * `ms` milliseconds (0: do not wait), or -errno. */
+	int (*readable)(struct chan *c, int ms);
 	/* Release the backend's resources and free `c`.  Called once.
 	 * Return 0 or -errno (e.g. a failed close(2) of a written file). */
 	int (*close)(struct chan *c);
@@ -139,16 +140,18 @@ int chan_flush(struct chan *c, bool sync);
 int chan_set_timeout(struct chan *c, unsigned ms);
 
 /*
- * Would a read find data now?  For a writer that must notice an early
- * answer from its peer (an error report) while it is still sending.
- * Returns 1 or 0 without blocking, or -errno; 0 for channels that cannot
- * tell (files, memory).
+ * Would a read find data?  Wait up to `ms` milliseconds (0: just look).
+ * For a writer that must notice an early answer from its peer (an error
+ * report) while it is still sending, or wait for an answer without making
+ * the silence an error.  Returns 1, 0 (nothing yet), or -errno; 0 for
+ * channels that cannot tell (files, memory).  For TLS, 1 may mean part of
+ * a record: the read that follows waits for the rest.
  */
-int chan_readable(struct chan *c);
+int chan_readable(struct chan *c, int ms);
 
-/* For socket backends: poll(2) `fd` for input without waiting: 1, 0 or
+/* For socket backends: poll(2) `fd` for input up to `ms`: 1, 0 or
  * -errno. */
-int chan_fd_readable(int fd);
+int chan_fd_readable(int fd, int ms);
 
 /* For socket backends: set SO_RCVTIMEO and SO_SNDTIMEO on `fd` to `ms`
  * (0: none).  0 for a non-socket, else -errno. */

@@ -57,6 +57,7 @@ static const struct rec_info {
 	{REC_DISK_WRITE, "DISK_WRITE", sizeof(struct ft_rec_disk_write),
 	 sizeof(struct ft_rec_disk_write) + FT_DISK_WRITE_MAX, false},
 	{REC_NOTE, "NOTE", 0, FT_NOTE_MAX, false},
+	{REC_SYNC, "SYNC", 8, 8, false},
 };
 
 /* The table entry for type's number, or NULL if the number is unknown. */

@@ -66,6 +66,9 @@ enum ft_rec_type {
 };
 /* Optional types are macros: ISO C limits enumerators to int. */
 #define REC_NOTE (0x08u | REC_F_OPTIONAL) /* free text, UTF-8, <= FT_NOTE_MAX */
+/* Live migration barrier: a u64 sequence number.  A receiver that knows
+ * it answers once it has applied every record before it; others skip it. */
+#define REC_SYNC (0x09u | REC_F_OPTIONAL)
 #define FT_NOTE_MAX 4096u
 
 /* Largest body a reader accepts for any record (a full page batch). */

@@ -143,6 +143,7 @@ struct mig_params {
 #define MIG_MSG_ERR   "FTMIGERR"
 #define MIG_MSG_GO    "FTMIGGO!"
 #define MIG_MSG_RUN   "FTMIGRUN"
+#define MIG_MSG_SYNC  "FTMIGSYN" /* receiver: caught up with a SYNC record */
 #define MIG_MSG_TEXT_MAX 1024
 struct mig_msg {
 	char magic[8];	  /* one of MIG_MSG_* (no NUL) */

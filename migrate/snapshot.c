@@ -177,12 +177,13 @@ static int restore_disk(struct restore_ctx *rc, struct stream_reader *r,
 int snap_restore(const struct hv_ops *ops, const void *cfg, struct chan *c,
 		 bool whole, struct hv_domain **out)
 {
-	return snap_restore_msg(ops, cfg, c, whole, out, NULL, 0);
+	return snap_restore_msg(ops, cfg, c, whole, out, NULL, 0, NULL, NULL);
 }
 
 int snap_restore_msg(const struct hv_ops *ops, const void *cfg,
 		     struct chan *c, bool whole, struct hv_domain **out,
-		     char *msg, size_t len)
+		     char *msg, size_t len,
+		     int (*on_sync)(void *ctx, uint64_t seq), void *ctx)
 {
 	struct stream_reader r;
 	struct ft_stream_hdr hdr;
@@ -247,6 +248,14 @@ int snap_restore_msg(const struct hv_ops *ops, const void *cfg,
 			*out = rc.d;
 			rc.d = NULL;
 			goto out_fini;
+		case REC_SYNC:
+			if (on_sync) {
+				uint64_t seq;
+
+				memcpy(&seq, rec.body, sizeof(seq));
+				err = on_sync(ctx, le64toh(seq));
+			}
+			break;
 		default:
 			break; /* the reader passed it: optional, ignored */
 		}

@@ -37,9 +37,12 @@ int snap_restore(const struct hv_ops *ops, const void *cfg, struct chan *c,
 		 bool whole, struct hv_domain **out);
 
 /* snap_restore that also leaves the reason for a failure in msg[0..len)
- * (the reader's message naming the record, or the error's text). */
+ * (the reader's message naming the record, or the error's text), and
+ * calls on_sync(ctx, seq) for each SYNC record (NULL: SYNC is skipped like
+ * any optional record); a non-zero return fails the restore. */
 int snap_restore_msg(const struct hv_ops *ops, const void *cfg,
 		     struct chan *c, bool whole, struct hv_domain **out,
-		     char *msg, size_t len);
+		     char *msg, size_t len,
+		     int (*on_sync)(void *ctx, uint64_t seq), void *ctx);
 
 #endif /* SNAPSHOT_H */

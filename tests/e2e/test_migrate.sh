@@ -82,7 +82,7 @@ ip netns exec "$ANS" tc qdisc del dev mig root
 # ---- kvstore with its disk, under load ------------------------------------
 MAC=52:54:00:00:01:02 GIP=10.77.0.2
 NETA="tap=kv0,mac=$MAC,ip=$GIP/24,bridge=br0"
-truncate -s 64M "$T/a-disk.img"
+truncate -s 256M "$T/a-disk.img"
 bg ip netns exec "$ANS" "$FTVM" run --image "$GUEST_DIR/kvstore.elf" --mem 128M \
 	--net "$NETA" --disk "$T/a-disk.img" --control "$SA" --console "$T/kv-a.log"
 KPID=$!
@@ -101,7 +101,7 @@ LEDGER=$!
 _pids+=($LEDGER)
 sleep 2
 incoming "$BNS" "$B_IP" "$T/inc.out" $TB --peer-name hosta --control "$SB" \
-	--console "$T/kv-b.log" --net "$NETA" --disk "$T/b-disk.img" --disk-size 64M
+	--console "$T/kv-b.log" --net "$NETA" --disk "$T/b-disk.img" --disk-size 256M
 ctl "$SA" migrate "$INC_ADDR" $TA --peer-name hostb > "$T/mig.out" 2> "$T/mig.err" ||
 	fail "kvstore migration: $(cat "$T/mig.out" "$T/mig.err" "$T/inc.out.err")"
 ok "kvstore moved: $(cat "$T/mig.out")"
