@@ -13,7 +13,8 @@ FB := build-fuzz
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -Wall -Wextra -Werror -Wno-unused-parameter \
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	-D_GNU_SOURCE -DFT_LIBFUZZER -I. -Ilib -Ihv
-STREAM_SRCS := lib/channel.c lib/log.c lib/stream.c lib/stream_state.c
+STREAM_SRCS := lib/channel.c lib/log.c lib/pagecache.c lib/stream.c \
+	lib/stream_state.c
 # The guest network stack, without its guest-only glue.
 GNET_SRCS := $(filter-out guest/net/gnet_ft.c,$(wildcard guest/net/*.c))
 # The kvstore guest, without its hypercall glue.

@@ -426,15 +426,26 @@ static struct ctl_client *mig_client(struct mig_job *j)
 
 static json_t *mig_summary(const struct mig_stats *st)
 {
-	return json_pack("{s:b, s:f, s:f, s:f, s:I, s:i, s:I, s:I, s:I, s:i}",
-			 "ok", 1, "total_ms", (double)st->total_ns / 1e6,
-			 "downtime_ms", (double)st->downtime_ns / 1e6,
-			 "stop_copy_ms", (double)st->stop_copy_ns / 1e6,
-			 "bytes", (json_int_t)st->bytes, "rounds",
-			 (int)st->rounds, "pages", (json_int_t)st->pages,
-			 "final_pages", (json_int_t)st->final_pages,
-			 "disk_blocks", (json_int_t)st->disk_blocks,
-			 "throttle", (int)st->throttle);
+	json_t *j = json_pack("{s:b, s:f, s:f, s:f, s:I, s:i, s:I, s:I, s:I, "
+			      "s:i}",
+			      "ok", 1, "total_ms", (double)st->total_ns / 1e6,
+			      "downtime_ms", (double)st->downtime_ns / 1e6,
+			      "stop_copy_ms", (double)st->stop_copy_ns / 1e6,
+			      "bytes", (json_int_t)st->bytes, "rounds",
+			      (int)st->rounds, "pages", (json_int_t)st->pages,
+			      "final_pages", (json_int_t)st->final_pages,
+			      "disk_blocks", (json_int_t)st->disk_blocks,
+			      "throttle", (int)st->throttle);
+
+	json_object_set_new(j, "lz4_pages", json_integer((json_int_t)st->pages_lz4));
+	json_object_set_new(j, "xor_pages", json_integer((json_int_t)st->pages_xor));
+	json_object_set_new(j, "page_bytes",
+			    json_integer((json_int_t)st->page_bytes));
+	json_object_set_new(j, "cache_hits",
+			    json_integer((json_int_t)st->cache_hits));
+	json_object_set_new(j, "cache_misses",
+			    json_integer((json_int_t)st->cache_misses));
+	return j;
 }
 
 /* The loop's side of the source worker: progress events, the end. */
@@ -543,7 +554,9 @@ static json_t *cmd_migrate(struct vm *vm, json_t *req, struct ctl_client *cl)
 	uint64_t downtime = MIG_DEFAULT_DOWNTIME_NS / 1000000, bw = 0,
 		 timeout = MIG_DEFAULT_TIMEOUT_MS;
 	bool insecure = false, abort_busy = false, autoconv = true,
-	     progress = false, compress = false;
+	     progress = false;
+	char compress[8] = "auto";
+	uint64_t xbzrle = 0;
 	json_t *b = busy(vm);
 	int err;
 
@@ -566,11 +579,19 @@ static json_t *cmd_migrate(struct vm *vm, json_t *req, struct ctl_client *cl)
 	if (!req_bool(req, "insecure", &insecure) ||
 	    !req_bool(req, "abort_if_busy", &abort_busy) ||
 	    !req_bool(req, "auto_converge", &autoconv) ||
-	    !req_bool(req, "progress", &progress) ||
-	    !req_bool(req, "compress", &compress))
+	    !req_bool(req, "progress", &progress))
 		return reply_err("\"insecure\", \"abort_if_busy\", "
-				 "\"auto_converge\", \"progress\" and "
-				 "\"compress\" must be true or false");
+				 "\"auto_converge\" and \"progress\" must be "
+				 "true or false");
+	if (!req_str(req, "compress", compress, sizeof(compress)) ||
+	    (strcmp(compress, "none") && strcmp(compress, "lz4") &&
+	     strcmp(compress, "auto")))
+		return reply_err("\"compress\" must be \"none\", \"lz4\" or "
+				 "\"auto\"");
+	if (!req_uint(req, "xbzrle_cache", 64ULL << 30, &xbzrle) ||
+	    (xbzrle && xbzrle < 2 * 4096))
+		return reply_err("\"xbzrle_cache\" must be 0 (off) or 8192 .. "
+				 "64 GiB bytes");
 	if (!req_str(req, "ca", j->tls.ca, sizeof(j->tls.ca)) ||
 	    !req_str(req, "cert", j->tls.cert, sizeof(j->tls.cert)) ||
 	    !req_str(req, "key", j->tls.key, sizeof(j->tls.key)) ||
@@ -594,7 +615,10 @@ static json_t *cmd_migrate(struct vm *vm, json_t *req, struct ctl_client *cl)
 	j->p.abort_if_busy = abort_busy;
 	j->p.auto_converge = autoconv;
 	j->p.timeout_ms = (unsigned)timeout;
-	j->p.compress = compress ? STREAM_COMP_LZ4 : STREAM_COMP_NONE;
+	j->p.compress = !strcmp(compress, "none")  ? STREAM_COMP_NONE
+			: !strcmp(compress, "lz4") ? STREAM_COMP_LZ4
+						   : STREAM_COMP_AUTO;
+	j->p.xbzrle_bytes = xbzrle;
 	j->p.progress = mig_progress_cb;
 	j->p.progress_ctx = j;
 	memset(&j->st, 0, sizeof(j->st));
@@ -1140,7 +1164,8 @@ static void usage(FILE *f)
 	      "  save FILE [--stop]   save the VM (keeps running unless --stop)\n"
 	      "  dump FILE            write guest RAM as a raw image\n"
 	      "  migrate HOST:PORT [--downtime MS] [--bandwidth RATE] [--abort-if-busy]\n"
-	      "          [--no-auto-converge] [--compress] [--io-timeout MS]\n"
+	      "          [--no-auto-converge] [--compress none|lz4|auto]\n"
+	      "          [--xbzrle SIZE] [--io-timeout MS]\n"
 	      "          (--ca F --cert F --key F [--peer-name N] | --insecure)\n"
 	      "                       live-migrate to an `ftvm incoming`; progress on\n"
 	      "                       stderr, the summary (JSON) on stdout\n"
@@ -1158,7 +1183,7 @@ enum { OPT_IMAGE = 1, OPT_MEM, OPT_CMDLINE, OPT_CONSOLE, OPT_CONTROL,
        OPT_DISK_SIZE, OPT_LISTEN, OPT_CA, OPT_CERT, OPT_KEY, OPT_PEER_NAME,
        OPT_INSECURE, OPT_TIMEOUT, OPT_DOWNTIME, OPT_BANDWIDTH,
        OPT_ABORT_IF_BUSY, OPT_NO_AUTO_CONVERGE, OPT_COMPRESS,
-       OPT_IO_TIMEOUT };
+       OPT_IO_TIMEOUT, OPT_XBZRLE };
 
 static const struct option long_opts[] = {
 	{ "image", required_argument, NULL, OPT_IMAGE },
@@ -1185,17 +1210,19 @@ static const struct option long_opts[] = {
 	{ "bandwidth", required_argument, NULL, OPT_BANDWIDTH },
 	{ "abort-if-busy", no_argument, NULL, OPT_ABORT_IF_BUSY },
 	{ "no-auto-converge", no_argument, NULL, OPT_NO_AUTO_CONVERGE },
-	{ "compress", no_argument, NULL, OPT_COMPRESS },
+	{ "compress", required_argument, NULL, OPT_COMPRESS },
+	{ "xbzrle", required_argument, NULL, OPT_XBZRLE },
 	{ NULL, 0, NULL, 0 },
 };
 
 struct opts {
 	const char *image, *cmdline, *console, *control, *from, *disk;
-	const char *listen, *ca, *cert, *key, *peer_name;
+	const char *listen, *ca, *cert, *key, *peer_name, *compress;
 	struct kvm_net_cfg net;
 	uint64_t mem, disk_size, timeout_s, io_timeout_ms, downtime_ms,
 		bandwidth;
-	bool stop, insecure, abort_if_busy, no_auto_converge, compress;
+	bool stop, insecure, abort_if_busy, no_auto_converge;
+	uint64_t xbzrle;
 	bool have_downtime, have_io_timeout;
 };
 
@@ -1252,7 +1279,24 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case OPT_INSECURE: o->insecure = true; break;
 		case OPT_ABORT_IF_BUSY: o->abort_if_busy = true; break;
 		case OPT_NO_AUTO_CONVERGE: o->no_auto_converge = true; break;
-		case OPT_COMPRESS: o->compress = true; break;
+		case OPT_COMPRESS:
+			if (strcmp(optarg, "none") && strcmp(optarg, "lz4") &&
+			    strcmp(optarg, "auto")) {
+				log_err("--compress %s: none, lz4 or auto",
+					optarg);
+				return -EINVAL;
+			}
+			o->compress = optarg;
+			break;
+		case OPT_XBZRLE:
+			if (parse_size(optarg, &o->xbzrle) ||
+			    (o->xbzrle && o->xbzrle < 8192)) {
+				log_err("--xbzrle %s: a cache size (try 256M; 0: "
+					"off)",
+					optarg);
+				return -EINVAL;
+			}
+			break;
 		case OPT_TIMEOUT:
 			if (parse_uint("--timeout", optarg, 1, 86400,
 				       &o->timeout_s))
@@ -1542,7 +1586,11 @@ static json_t *ctl_request(int argc, char **argv, const struct opts *o)
 		if (o->no_auto_converge)
 			json_object_set_new(req, "auto_converge", json_false());
 		if (o->compress)
-			json_object_set_new(req, "compress", json_true());
+			json_object_set_new(req, "compress",
+					    json_string(o->compress));
+		if (o->xbzrle)
+			json_object_set_new(req, "xbzrle_cache",
+					    json_integer((json_int_t)o->xbzrle));
 		if (o->insecure)
 			json_object_set_new(req, "insecure", json_true());
 		if (o->ca)

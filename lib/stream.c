@@ -8,6 +8,7 @@
  */
 #include "stream.h"
 
+#include <emmintrin.h>
 #include <errno.h>
 #include <lz4.h>
 #include <stdarg.h>
@@ -15,9 +16,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <xxhash.h>
 
 #include "log.h"
+#include "pagecache.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 	       "the stream code assumes a little-endian host");
@@ -86,6 +89,20 @@ const char *stream_rec_name(uint32_t type)
 #define WRITE_BATCH 256
 /* Keep an LZ4 page only if it is at most this long. */
 #define LZ4_KEEP_MAX (FT_PAGE_SIZE * 3 / 4)
+/* Keep an XOR page only if it is at most this long; up to XOR_ALONE_MAX,
+ * do not even try LZ4 against it. */
+#define XOR_KEEP_MAX (FT_PAGE_SIZE * 3 / 4)
+#define XOR_ALONE_MAX (FT_PAGE_SIZE / 4)
+/* Frames the cache takes: those a reader can accept. */
+#define CACHE_PFN_LIMIT (FT_MEM_SIZE_MAX / FT_PAGE_SIZE)
+/* STREAM_COMP_AUTO (stream.h): LZ4 tries per decision while compressing,
+ * tries per probe, candidate pages between probes. */
+#define AUTO_WINDOW 256
+#define AUTO_PROBE 64
+#define AUTO_REST 65536
+/* One LZ4 call counts as at most this long: LZ4 takes 2-20 us for a
+ * page, anything longer is the thread being preempted. */
+#define AUTO_TRY_NS_MAX 100000
 /* Largest framed PAGE_BATCH record the writer builds. */
 #define BATCH_BUF_SIZE                                                         \
 	(sizeof(struct ft_rec_hdr) + sizeof(struct ft_rec_page_batch) +        \
@@ -101,18 +118,23 @@ int stream_writer_init(struct stream_writer *w, struct chan *c, uint32_t flags,
 		log_err("stream writer: unknown header flags %#x", flags);
 		return -EINVAL;
 	}
-	if (comp != STREAM_COMP_NONE && comp != STREAM_COMP_LZ4) {
+	if (comp != STREAM_COMP_NONE && comp != STREAM_COMP_LZ4 &&
+	    comp != STREAM_COMP_AUTO) {
 		log_err("stream writer: unknown compression %d", (int)comp);
 		return -EINVAL;
 	}
 	w->chan = c;
 	w->flags = flags;
 	w->comp = comp;
+	w->lz4_on = comp == STREAM_COMP_LZ4;
 	w->xs = XXH64_createState();
 	w->batch = malloc(BATCH_BUF_SIZE);
-	if (comp == STREAM_COMP_LZ4)
+	w->page = malloc(FT_PAGE_SIZE);
+	w->scratch = malloc(FT_PAGE_SIZE);
+	if (comp != STREAM_COMP_NONE)
 		w->lz4 = malloc((size_t)LZ4_sizeofState());
-	if (!w->xs || !w->batch || (comp == STREAM_COMP_LZ4 && !w->lz4)) {
+	if (!w->xs || !w->batch || !w->page || !w->scratch ||
+	    (comp != STREAM_COMP_NONE && !w->lz4)) {
 		stream_writer_fini(w);
 		log_err("stream writer: out of memory");
 		return -ENOMEM;
@@ -125,7 +147,21 @@ void stream_writer_fini(struct stream_writer *w)
 	XXH64_freeState(w->xs);
 	free(w->lz4);
 	free(w->batch);
+	free(w->page);
+	free(w->scratch);
 	memset(w, 0, sizeof(*w));
+}
+
+void stream_writer_set_cache(struct stream_writer *w, struct pagecache *pc)
+{
+	w->cache = pc;
+	if (pc)
+		pagecache_clear(pc);
+}
+
+void stream_writer_set_link_rate(struct stream_writer *w, uint64_t bytes_per_s)
+{
+	w->link_rate = bytes_per_s;
 }
 
 int stream_write_header(struct stream_writer *w)
@@ -256,6 +292,281 @@ bool stream_page_is_zero(const void *page)
 	return !head && !memcmp(p, p + 8, FT_PAGE_SIZE - 8);
 }
 
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* One ULEB128 length of at most two bytes (v < 2^14) at p; its size. */
+static unsigned put_len(unsigned char *p, unsigned v)
+{
+	if (v < 0x80) {
+		p[0] = (unsigned char)v;
+		return 1;
+	}
+	p[0] = (unsigned char)(v | 0x80);
+	p[1] = (unsigned char)(v >> 7);
+	return 2;
+}
+
+/* Changed bytes closer than this join one run: a new run costs 2 bytes. */
+#define XOR_GAP 2
+
+struct xor_out {
+	const unsigned char *cur, *prev;
+	unsigned char *out;
+	unsigned len, max; /* bytes written to out, limit */
+	unsigned pos;	   /* page offset where the last run ended */
+	unsigned rs, re;   /* the open run [rs, re), if re > 0 */
+};
+
+/* Bytes of a run that skips `skip` bytes and changes `n`. */
+static unsigned run_size(unsigned skip, unsigned n)
+{
+	return (skip < 0x80 ? 1 : 2) + (n < 0x80 ? 1 : 2) + n;
+}
+
+/* Emit the open run; false if it does not fit. */
+static bool xor_emit(struct xor_out *x)
+{
+	unsigned n = x->re - x->rs, i = 0;
+	unsigned char *o;
+
+	if (x->len + run_size(x->rs - x->pos, n) > x->max)
+		return false;
+	o = x->out + x->len;
+	o += put_len(o, x->rs - x->pos);
+	o += put_len(o, n);
+	/* Whole words, the last one past n if the page has room (out has
+	 * 8 bytes of slack): most runs are short. */
+	for (; i < n && x->rs + i + 8 <= FT_PAGE_SIZE; i += 8) {
+		uint64_t a, b;
+
+		memcpy(&a, x->cur + x->rs + i, 8);
+		memcpy(&b, x->prev + x->rs + i, 8);
+		a ^= b;
+		memcpy(o + i, &a, 8);
+	}
+	for (; i < n; i++)
+		o[i] = x->cur[x->rs + i] ^ x->prev[x->rs + i];
+	x->len = (unsigned)(o + n - x->out);
+	x->pos = x->re;
+	return true;
+}
+
+/* Add the changed bytes [s, e) (s past the open run); false if the
+ * delta outgrows x->max. */
+static bool xor_add(struct xor_out *x, unsigned s, unsigned e)
+{
+	if (x->re && s - x->re <= XOR_GAP) {
+		x->re = e;
+		return x->len + run_size(x->rs - x->pos, e - x->rs) <= x->max;
+	}
+	if (x->re && !xor_emit(x))
+		return false;
+	x->rs = s;
+	x->re = e;
+	return true;
+}
+
+/* Chunks of XOR encoding: one bit per byte of a 64-byte chunk. */
+#define XOR_CHUNKS (FT_PAGE_SIZE / 64)
+
+/*
+ * Copy the page src into snap and encode snap against prev as XOR runs
+ * (stream_wire.h) into out[0..max), reading src once: the bytes compared
+ * are the bytes stored, however src changes meanwhile.  Return the
+ * delta's length, or -1 if it would exceed max (snap is a full copy
+ * either way); out has room for max + 8 bytes (the batch buffer has a
+ * page).  snap and prev are 16-byte aligned.
+ *
+ * Two passes: the copy makes a mask per 64-byte chunk of the bytes that
+ * differ, and a lower bound of the delta's size from those masks; only
+ * if that fits are the masks' runs of ones turned into runs of the delta
+ * (which costs per run).  So a page rewritten in full or in many places
+ * costs about a copy.
+ */
+static int xor_snap(unsigned char *snap, const unsigned char *src,
+		    const unsigned char *prev, unsigned char *out, unsigned max)
+{
+	struct xor_out x = {.cur = snap, .prev = prev, .out = out, .max = max};
+	uint64_t masks[XOR_CHUNKS];
+	unsigned bound = 0;
+
+	for (unsigned c = 0; c < XOR_CHUNKS; c++) {
+		uint64_t m = 0;
+
+		for (unsigned k = 0; k < 4; k++) {
+			unsigned o = 64 * c + 16 * k;
+			__m128i a = _mm_loadu_si128((const __m128i *)(src + o));
+			__m128i b = _mm_load_si128((const __m128i *)(prev + o));
+			uint64_t eq = (unsigned)_mm_movemask_epi8(
+				_mm_cmpeq_epi8(a, b));
+
+			_mm_store_si128((__m128i *)(snap + o), a);
+			m |= (~eq & 0xffff) << (16 * k);
+		}
+		/* Fill gaps of up to XOR_GAP bytes here, as xor_add would. */
+		_Static_assert(XOR_GAP == 2, "the gap filling below");
+		m |= ((m << 1) & ((m >> 1) | (m >> 2))) | ((m << 2) & (m >> 1));
+		masks[c] = m;
+		/* Every run costs its bytes and at least 2 bytes of
+		 * lengths; one that xor_add may join to the previous
+		 * chunk's last run saves at most those 2. */
+		if (m)
+			bound += (unsigned)__builtin_popcountll(m) +
+				 2 * (unsigned)__builtin_popcountll(m &
+								    ~(m << 1)) -
+				 (c && (m & 7) ? 2 : 0);
+	}
+	if (bound > max)
+		return -1;
+	for (unsigned c = 0; c < XOR_CHUNKS; c++) {
+		uint64_t m = masks[c];
+
+		while (m) {
+			unsigned s = (unsigned)__builtin_ctzll(m), e;
+			uint64_t rest = ~m & (~0ULL << s);
+
+			e = rest ? (unsigned)__builtin_ctzll(rest) : 64;
+			if (!xor_add(&x, 64 * c + s, 64 * c + e))
+				return -1;
+			m = e < 64 ? m & (~0ULL << e) : 0;
+		}
+	}
+	if (x.re && !xor_emit(&x))
+		return -1;
+	return (int)x.len;
+}
+
+/* STREAM_COMP_AUTO: try LZ4 on the next candidate page? */
+static bool auto_want(struct stream_writer *w)
+{
+	if (!w->link_rate)
+		return false;
+	if (w->autoc.rest) {
+		w->autoc.rest--;
+		return false;
+	}
+	return true;
+}
+
+/* STREAM_COMP_AUTO: account one try; at the end of a window (or probe),
+ * apply the rule of stream.h. */
+static void auto_account(struct stream_writer *w, uint64_t out, uint64_t ns)
+{
+	double link = (double)w->link_rate;
+
+	w->autoc.in += FT_PAGE_SIZE;
+	w->autoc.out += out;
+	w->autoc.ns += ns < AUTO_TRY_NS_MAX ? ns : AUTO_TRY_NS_MAX;
+	if (++w->autoc.tries < (w->lz4_on ? AUTO_WINDOW : AUTO_PROBE))
+		return;
+	w->lz4_on = (double)w->autoc.ns * 1e-9 + (double)w->autoc.out / link <
+		    (double)w->autoc.in / link;
+	w->autoc.tries = 0;
+	if (w->lz4_on) {
+		/* Keep half the weight of the past: one odd window does
+		 * not turn LZ4 off. */
+		w->autoc.in /= 2;
+		w->autoc.out /= 2;
+		w->autoc.ns /= 2;
+	} else {
+		/* Off for a while; the next probe starts afresh. */
+		w->autoc.rest = AUTO_REST;
+		w->autoc.in = w->autoc.out = w->autoc.ns = 0;
+	}
+}
+
+/* LZ4 of the page `src` into out[0..max): the block's length, or 0. */
+static int try_lz4(struct stream_writer *w, const void *src, unsigned char *out,
+		   int max, struct stream_stats *st)
+{
+	uint64_t t0 = 0;
+	int n;
+
+	if (w->comp == STREAM_COMP_AUTO)
+		t0 = now_ns();
+	n = LZ4_compress_fast_extState(w->lz4, src, (char *)out, FT_PAGE_SIZE,
+				       max, 1);
+	st->lz4_tries++;
+	if (w->comp == STREAM_COMP_AUTO) {
+		uint64_t ns = now_ns() - t0;
+
+		st->lz4_ns += ns;
+		auto_account(w, n > 0 ? (uint64_t)n : FT_PAGE_SIZE, ns);
+	}
+	return n > 0 ? n : 0;
+}
+
+/*
+ * Encode the page `src` of frame `pfn` at p (room for FT_PAGE_SIZE
+ * bytes) and fill in d->enc and d->len.
+ */
+static void encode_page(struct stream_writer *w, uint64_t pfn, const void *src,
+			unsigned char *p, struct ft_page_desc *d,
+			struct stream_stats *st)
+{
+	const void *snap = NULL, *prev = NULL;
+	int xlen = -1, clen = 0;
+	bool lz4;
+
+	if (stream_page_is_zero(src)) {
+		d->enc = FT_PAGE_ZERO;
+		if (w->cache && pfn < CACHE_PFN_LIMIT)
+			pagecache_drop(w->cache, pfn);
+		st->pages_zero++;
+		goto out;
+	}
+	/* Read the page once: what is encoded is what is cached. */
+	if (w->cache && pfn < CACHE_PFN_LIMIT) {
+		void *buf = pagecache_get(w->cache, pfn, &prev);
+
+		if (prev)
+			xlen = xor_snap(buf, src, prev, p, XOR_KEEP_MAX);
+		else
+			memcpy(buf, src, FT_PAGE_SIZE);
+		snap = buf;
+	}
+	if (xlen >= 0 && xlen <= (int)XOR_ALONE_MAX)
+		lz4 = false;
+	else if (w->comp == STREAM_COMP_AUTO)
+		lz4 = auto_want(w);
+	else
+		lz4 = w->comp == STREAM_COMP_LZ4;
+	if (lz4) {
+		if (!snap) {
+			memcpy(w->page, src, FT_PAGE_SIZE);
+			snap = w->page;
+		}
+		if (xlen < 0)
+			clen = try_lz4(w, snap, p, LZ4_KEEP_MAX, st);
+		else if ((clen = try_lz4(w, snap, w->scratch, xlen - 1, st)))
+			memcpy(p, w->scratch, (size_t)clen);
+	}
+	if (clen) {
+		d->enc = FT_PAGE_LZ4;
+		d->len = (uint32_t)clen;
+		st->pages_lz4++;
+		st->lz4_bytes += d->len;
+	} else if (xlen >= 0) {
+		d->enc = FT_PAGE_XOR;
+		d->len = (uint32_t)xlen;
+		st->pages_xor++;
+		st->xor_bytes += d->len;
+	} else {
+		memcpy(p, snap ? snap : src, FT_PAGE_SIZE);
+		d->enc = FT_PAGE_RAW;
+		d->len = FT_PAGE_SIZE;
+		st->pages_raw++;
+	}
+out:
+	st->saved += FT_PAGE_SIZE - d->len;
+}
+
 /* Frame and write one PAGE_BATCH of n <= WRITE_BATCH pages. */
 static int write_batch(struct stream_writer *w, const uint64_t *pfns,
 		       void *const *pages, unsigned n)
@@ -274,24 +585,8 @@ static int write_batch(struct stream_writer *w, const uint64_t *pfns,
 
 	for (unsigned i = 0; i < n; i++) {
 		struct ft_page_desc d = {.pfn = pfns[i]};
-		int clen = 0;
 
-		if (stream_page_is_zero(pages[i])) {
-			d.enc = FT_PAGE_ZERO;
-			st.pages_zero++;
-		} else if (w->comp == STREAM_COMP_LZ4 &&
-			   (clen = LZ4_compress_fast_extState(
-				    w->lz4, pages[i], (char *)p, FT_PAGE_SIZE,
-				    LZ4_KEEP_MAX, 1)) > 0) {
-			d.enc = FT_PAGE_LZ4;
-			d.len = (uint32_t)clen;
-			st.pages_lz4++;
-		} else {
-			memcpy(p, pages[i], FT_PAGE_SIZE);
-			d.enc = FT_PAGE_RAW;
-			d.len = FT_PAGE_SIZE;
-			st.pages_raw++;
-		}
+		encode_page(w, pfns[i], pages[i], p, &d, &st);
 		p += d.len;
 		memcpy(descs + (size_t)i * sizeof(d), &d, sizeof(d));
 	}
@@ -307,8 +602,12 @@ static int write_batch(struct stream_writer *w, const uint64_t *pfns,
 	p += sizeof(sum);
 
 	err = chan_write(w->chan, rec, (size_t)(p - rec));
-	if (err)
+	if (err) {
+		/* The receiver may not have what the cache says it has. */
+		if (w->cache)
+			pagecache_clear(w->cache);
 		return err;
+	}
 	st.records++;
 	st.bytes += (uint64_t)(p - rec);
 	w->stats = st;
@@ -854,10 +1153,115 @@ static enum lz4_verdict lz4_check(const unsigned char *p, uint32_t len,
 	return LZ4_OK;
 }
 
-/* Check a PAGE_BATCH's header, every descriptor and every LZ4 block;
- * *count gets the number of pages. */
+enum xor_verdict { XOR_OK, XOR_CUT, XOR_LEN, XOR_EMPTY, XOR_PAST };
+
+/*
+ * Read the ULEB128 length at p[*i] (of len bytes): one or two bytes,
+ * minimally encoded (stream_wire.h).  XOR_CUT if the data ends first.
+ */
+static enum xor_verdict get_len(const unsigned char *p, uint32_t len,
+				uint32_t *i, uint32_t *v)
+{
+	if (*i >= len)
+		return XOR_CUT;
+	if (p[*i] < 0x80) {
+		*v = p[(*i)++];
+		return XOR_OK;
+	}
+	if (len - *i < 2)
+		return XOR_CUT;
+	if (p[*i + 1] >= 0x80 || !p[*i + 1])
+		return XOR_LEN;
+	*v = (p[*i] & 0x7fu) | (uint32_t)p[*i + 1] << 7;
+	*i += 2;
+	return XOR_OK;
+}
+
+/* One XOR run's place, for messages and for xor_apply. */
+struct xor_run {
+	uint32_t at;	       /* data offset of the run */
+	uint32_t pos, skip, n; /* page offset before it, its lengths */
+};
+
+/*
+ * Check the XOR delta p[0..len) against docs/stream-format.md
+ * (PAGE_BATCH, XOR): every run's lengths well-formed and within the
+ * data, no empty run, no run past the end of the page.  *run describes
+ * the offending run.
+ */
+static enum xor_verdict xor_check(const unsigned char *p, uint32_t len,
+				  struct xor_run *run)
+{
+	uint32_t i = 0, pos = 0;
+	enum xor_verdict v;
+
+	while (i < len) {
+		*run = (struct xor_run){.at = i, .pos = pos};
+		v = get_len(p, len, &i, &run->skip);
+		if (v == XOR_OK)
+			v = get_len(p, len, &i, &run->n);
+		if (v != XOR_OK)
+			return v;
+		if (!run->n)
+			return XOR_EMPTY;
+		if (run->skip + run->n > FT_PAGE_SIZE - pos)
+			return XOR_PAST;
+		if (run->n > len - i)
+			return XOR_CUT;
+		i += run->n;
+		pos += run->skip + run->n;
+	}
+	return XOR_OK;
+}
+
+/* Decode the XOR delta p[0..len), which xor_check passed, against base
+ * into out: a copy of base, then each run xored in. */
+static void xor_apply(const unsigned char *p, uint32_t len,
+		      const unsigned char *base, unsigned char *out)
+{
+	uint32_t i = 0, pos = 0, skip, n, k;
+
+	memcpy(out, base, FT_PAGE_SIZE);
+	while (i < len) {
+		get_len(p, len, &i, &skip);
+		get_len(p, len, &i, &n);
+		pos += skip;
+		for (k = 0; k + 8 <= n; k += 8) {
+			uint64_t a, b;
+
+			memcpy(&a, out + pos + k, 8);
+			memcpy(&b, p + i + k, 8);
+			a ^= b;
+			memcpy(out + pos + k, &a, 8);
+		}
+		for (; k < n; k++)
+			out[pos + k] ^= p[i + k];
+		pos += n;
+		i += n;
+	}
+}
+
+/* Was frame `pfn` sent before page i of this batch: earlier in the
+ * batch, or (base says) in an earlier one? */
+static bool sent_before(const unsigned char *descs, uint32_t i, uint64_t pfn,
+			stream_base_cb base, void *ctx)
+{
+	struct ft_page_desc d;
+
+	if (base(ctx, pfn))
+		return true;
+	while (i--) {
+		memcpy(&d, descs + (size_t)i * sizeof(d), sizeof(d));
+		if (d.pfn == pfn)
+			return true;
+	}
+	return false;
+}
+
+/* Check a PAGE_BATCH's header, every descriptor, every LZ4 block and
+ * every XOR delta; *count gets the number of pages. */
 static int check_batch(struct stream_reader *r, const struct stream_rec *rec,
-		       uint32_t *count)
+		       stream_base_cb base, void *ctx, uint32_t *count)
 {
 	const unsigned char *body = rec->body;
 	uint64_t nr_pfns = r->domain.mem_size >> r->hdr.page_shift;
@@ -926,11 +1330,36 @@ static int check_batch(struct stream_reader *r, const struct stream_rec *rec,
 					       i, (unsigned long long)d.pfn,
 					       d.len, FT_PAGE_SIZE - 1);
 		case FT_PAGE_XOR:
-			return stream_rec_fail(
-				r, rec, -EOPNOTSUPP,
-				"page %u pfn 0x%llx: XOR encoding "
-				"is reserved",
-				i, (unsigned long long)d.pfn);
+			if (r->hdr.version_minor < FT_STREAM_MINOR_XOR)
+				return stream_rec_fail(
+					r, rec, -EOPNOTSUPP,
+					"page %u pfn 0x%llx: XOR encoding is "
+					"reserved in a %u.%u stream",
+					i, (unsigned long long)d.pfn,
+					r->hdr.version_major,
+					r->hdr.version_minor);
+			if (d.len >= FT_PAGE_SIZE)
+				return stream_rec_fail(
+					r, rec, -EINVAL,
+					"page %u pfn 0x%llx: XOR length %u "
+					"outside 0..%u",
+					i, (unsigned long long)d.pfn, d.len,
+					FT_PAGE_SIZE - 1);
+			if (!base)
+				return stream_rec_fail(
+					r, rec, -EOPNOTSUPP,
+					"page %u pfn 0x%llx: XOR page, but "
+					"the caller keeps no previous "
+					"versions (stream_decode_pages)",
+					i, (unsigned long long)d.pfn);
+			if (!sent_before(body + sizeof(bh), i, d.pfn, base,
+					 ctx))
+				return stream_rec_fail(
+					r, rec, -EINVAL,
+					"page %u pfn 0x%llx: XOR page for a "
+					"frame not sent before in this stream",
+					i, (unsigned long long)d.pfn);
+			break;
 		default:
 			return stream_rec_fail(r, rec, -EINVAL,
 					       "page %u pfn 0x%llx: unknown "
@@ -950,9 +1379,48 @@ static int check_batch(struct stream_reader *r, const struct stream_rec *rec,
 	data = body + sizeof(bh) +
 	       (size_t)bh.count * sizeof(struct ft_page_desc);
 	for (uint32_t i = 0; i < bh.count; data += d.len, i++) {
+		struct xor_run run = {0};
 		uint64_t out = 0;
 
 		memcpy(&d, body + sizeof(bh) + i * sizeof(d), sizeof(d));
+		if (d.enc == FT_PAGE_XOR) {
+			switch (xor_check(data, d.len, &run)) {
+			case XOR_OK:
+				continue;
+			case XOR_CUT:
+				return stream_rec_fail(
+					r, rec, -EINVAL,
+					"page %u pfn 0x%llx: XOR data (%u "
+					"bytes): run at byte %u is cut short",
+					i, (unsigned long long)d.pfn, d.len,
+					run.at);
+			case XOR_LEN:
+				return stream_rec_fail(
+					r, rec, -EINVAL,
+					"page %u pfn 0x%llx: XOR data (%u "
+					"bytes): run at byte %u has a length "
+					"that is not a minimal 1- or 2-byte "
+					"ULEB128",
+					i, (unsigned long long)d.pfn, d.len,
+					run.at);
+			case XOR_EMPTY:
+				return stream_rec_fail(
+					r, rec, -EINVAL,
+					"page %u pfn 0x%llx: XOR data (%u "
+					"bytes): run at byte %u is empty",
+					i, (unsigned long long)d.pfn, d.len,
+					run.at);
+			case XOR_PAST:
+				return stream_rec_fail(
+					r, rec, -EINVAL,
+					"page %u pfn 0x%llx: XOR data (%u "
+					"bytes): run at byte %u passes the end "
+					"of the page (%u + %u + %u > %u)",
+					i, (unsigned long long)d.pfn, d.len,
+					run.at, run.pos, run.skip, run.n,
+					FT_PAGE_SIZE);
+			}
+		}
 		if (d.enc != FT_PAGE_LZ4)
 			continue;
 		switch (lz4_check(data, d.len, &out)) {
@@ -985,8 +1453,8 @@ static int check_batch(struct stream_reader *r, const struct stream_rec *rec,
 	return 0;
 }
 
-int stream_decode_pages(struct stream_reader *r, const struct stream_rec *rec,
-			stream_page_cb cb, void *ctx)
+int stream_decode_pages2(struct stream_reader *r, const struct stream_rec *rec,
+			 stream_page_cb cb, void *ctx, stream_base_cb base)
 {
 	const unsigned char *body = rec->body, *descs, *p;
 	uint32_t count = 0;
@@ -994,13 +1462,13 @@ int stream_decode_pages(struct stream_reader *r, const struct stream_rec *rec,
 
 	if (r->err)
 		return r->err;
-	err = check_batch(r, rec, &count);
+	err = check_batch(r, rec, base, ctx, &count);
 	if (err)
 		return err;
 	descs = body + sizeof(struct ft_rec_page_batch);
 	p = descs + (size_t)count * sizeof(struct ft_page_desc);
 	for (uint32_t i = 0; i < count; i++) {
-		const void *page = p;
+		const void *page = p, *prev;
 		struct ft_page_desc d;
 		int n;
 
@@ -1022,13 +1490,35 @@ int stream_decode_pages(struct stream_reader *r, const struct stream_rec *rec,
 					i, (unsigned long long)d.pfn, d.len, n);
 			page = r->page;
 			r->stats.pages_lz4++;
+			r->stats.lz4_bytes += d.len;
+		} else if (d.enc == FT_PAGE_XOR) {
+			/* check_batch made sure there is a base: this
+			 * frame was sent before, in this batch or another. */
+			prev = base(ctx, d.pfn);
+			if (!prev)
+				return stream_rec_fail(
+					r, rec, -EINVAL,
+					"page %u pfn 0x%llx: the receiver lost "
+					"the frame's previous version",
+					i, (unsigned long long)d.pfn);
+			xor_apply(p, d.len, prev, r->page);
+			page = r->page;
+			r->stats.pages_xor++;
+			r->stats.xor_bytes += d.len;
 		} else {
 			r->stats.pages_raw++;
 		}
+		r->stats.saved += FT_PAGE_SIZE - d.len;
 		p += d.len;
 		err = cb(ctx, d.pfn, page);
 		if (err)
 			return err;
 	}
 	return 0;
+}
+
+int stream_decode_pages(struct stream_reader *r, const struct stream_rec *rec,
+			stream_page_cb cb, void *ctx)
+{
+	return stream_decode_pages2(r, rec, cb, ctx, NULL);
 }

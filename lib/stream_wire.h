@@ -21,7 +21,9 @@
 /* "FTSTx64\n": ftengine stream, x86-64 guest. */
 #define FT_STREAM_MAGIC 0x0a34367854535446ULL
 #define FT_STREAM_VERSION_MAJOR 1
-#define FT_STREAM_VERSION_MINOR 0
+#define FT_STREAM_VERSION_MINOR 1
+/* The first minor version with FT_PAGE_XOR pages (a 1.0 stream has none). */
+#define FT_STREAM_MINOR_XOR 1
 
 /* The only page size of version 1. */
 #define FT_PAGE_SHIFT 12
@@ -99,8 +101,23 @@ enum ft_page_enc {
 	FT_PAGE_RAW   = 0, /* len == page size                         */
 	FT_PAGE_ZERO  = 1, /* len == 0: the page is all zero           */
 	FT_PAGE_LZ4   = 2, /* len in 1..page size-1: LZ4 block          */
-	FT_PAGE_XOR   = 3, /* reserved: xor-delta against previous send */
+	FT_PAGE_XOR   = 3, /* len in 0..page size-1: xor-delta runs     */
 };
+
+/*
+ * FT_PAGE_XOR data (from version 1.1): the xor of the page with the
+ * frame's previous content in the same stream, as runs
+ *
+ *   run := skip, n, x[n]
+ *
+ * `skip` bytes unchanged (xor zero), then `n` bytes to xor into the
+ * previous content, x[0..n).  skip and n are ULEB128 numbers of one or
+ * two bytes (7 bits per byte, low bits first, bit 7 set on every byte
+ * but the last), minimally encoded; n >= 1; the runs may not pass the
+ * end of the page.  Bytes after the last run are unchanged.  No data at
+ * all (len 0) means the page did not change.
+ */
+#define FT_XOR_LEN_BYTES_MAX 2 /* bytes of one ULEB128 length */
 
 struct ft_page_desc {
 	uint64_t pfn;      /* < domain mem_size / page size            */

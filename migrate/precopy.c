@@ -22,6 +22,7 @@
 
 #include "log.h"
 #include "migrate/precopy.h"
+#include "pagecache.h"
 #include "migrate/snapshot.h"
 #include "stream.h"
 #include "stream_state.h"
@@ -51,7 +52,7 @@ void mig_params_init(struct mig_params *p)
 		.max_rounds = MIG_DEFAULT_MAX_ROUNDS,
 		.timeout_ms = MIG_DEFAULT_TIMEOUT_MS,
 		.auto_converge = true,
-		.compress = STREAM_COMP_NONE,
+		.compress = STREAM_COMP_AUTO,
 	};
 }
 
@@ -132,6 +133,9 @@ struct mig_sender {
 	unsigned nr_disks;
 	unsigned char *block; /* HV_DISK_BLOCK bytes */
 	unsigned throttle;
+	struct pagecache cache; /* xbzrle, from round 1 */
+	bool have_cache;
+	uint64_t link_bytes, link_ns; /* completed rounds, for the rate */
 	/* token bucket of the round in progress */
 	uint64_t rate; /* bytes/s; 0: unpaced */
 	uint64_t t_start, sent;
@@ -239,6 +243,20 @@ static int early_answer(struct mig_sender *s)
 	return rerr;
 }
 
+/* The link rate for STREAM_COMP_AUTO: measured send speed, or the
+ * round's cap if that is lower. */
+static void feed_link_rate(struct mig_sender *s, const struct mig_round_stats *r)
+{
+	uint64_t b = s->link_bytes + (r ? r->bytes : 0);
+	uint64_t ns = s->link_ns + (r ? r->send_ns : 0);
+	uint64_t rate = ns ? (uint64_t)((unsigned __int128)b * NSEC_PER_SEC / ns)
+			   : 0;
+
+	if (s->rate && (!rate || s->rate < rate))
+		rate = s->rate;
+	stream_writer_set_link_rate(&s->w, rate);
+}
+
 /* Report progress if the last report is PROGRESS_NS old (or `force`);
  * returns the callback's verdict (non-zero: cancel). */
 static int progress(struct mig_sender *s, bool force)
@@ -343,6 +361,7 @@ static int send_batch(struct mig_sender *s, const uint64_t *pfns, unsigned n,
 	s->ops->unmap(s->d, ptrs, n);
 	r->pages += k;
 	account(s, r, out0, t0);
+	feed_link_rate(s, r);
 	if (skip_zero) /* round 0 counts every frame in its estimate */
 		s->left = s->left > (n - k) * PAGE_WIRE
 				  ? s->left - (n - k) * PAGE_WIRE
@@ -540,7 +559,7 @@ static int live_rounds(struct mig_sender *s)
 {
 	const struct mig_params *p = s->p;
 	struct mig_stats *st = s->st;
-	uint64_t rate = p->start_rate, link_bytes = 0, link_ns = 0;
+	uint64_t rate = p->start_rate;
 	int err;
 
 	s->left = s->nr_pfns * PAGE_WIRE;
@@ -570,11 +589,27 @@ static int live_rounds(struct mig_sender *s)
 		st->rounds++;
 		st->pages += r->pages;
 		st->disk_blocks += r->disk_blocks;
-		link_bytes += r->bytes;
-		link_ns += r->send_ns;
-		if (link_ns)
-			st->link_rate = (uint64_t)((unsigned __int128)link_bytes *
-						   NSEC_PER_SEC / link_ns);
+		s->link_bytes += r->bytes;
+		s->link_ns += r->send_ns;
+		if (s->link_ns)
+			st->link_rate = (uint64_t)((unsigned __int128)
+							   s->link_bytes *
+						   NSEC_PER_SEC / s->link_ns);
+		feed_link_rate(s, NULL);
+		if (st->rounds == 1 && p->xbzrle_bytes) {
+			/* Only re-sent pages can gain: start the cache now
+			 * (filling it costs the first sends ~40%). */
+			err = pagecache_init(&s->cache, p->xbzrle_bytes);
+			if (err) {
+				set_error(st, "cannot allocate the %llu-byte "
+					  "xbzrle cache: %s",
+					  (unsigned long long)p->xbzrle_bytes,
+					  strerror(-err));
+				return err;
+			}
+			s->have_cache = true;
+			stream_writer_set_cache(&s->w, &s->cache);
+		}
 		st->decision = p->policy(p->policy_ctx, p, st);
 		log_info("migration: round %u: %llu pages (%llu zero), %llu "
 			 "disk blocks, %llu KiB in %llu ms%s; dirty %llu pages "
@@ -690,6 +725,8 @@ static int sender_init(struct mig_sender *s, const struct hv_dom_info *info)
 
 static void sender_fini(struct mig_sender *s)
 {
+	if (s->have_cache)
+		pagecache_fini(&s->cache);
 	for (unsigned i = 0; i < s->nr_disks; i++)
 		free(s->disk[i].bitmap);
 	free(s->block);
@@ -896,6 +933,15 @@ out_fini:
 	}
 	st->bytes = c->bytes_out - s.bytes0;
 	st->total_ns = now_ns() - s.t0;
+	st->pages_lz4 = s.w.stats.pages_lz4;
+	st->pages_xor = s.w.stats.pages_xor;
+	st->page_bytes = s.w.stats.lz4_bytes + s.w.stats.xor_bytes +
+			 s.w.stats.pages_raw * FT_PAGE_SIZE;
+	if (s.have_cache) {
+		st->cache_hits = s.cache.stats.hits;
+		st->cache_misses = s.cache.stats.misses;
+		stream_writer_set_cache(&s.w, NULL);
+	}
 	if (s.w.chan)
 		stream_writer_fini(&s.w);
 	sender_fini(&s);

@@ -91,6 +91,11 @@ struct mig_stats {
 				     * of the time the guest ran nowhere */
 	uint64_t link_rate;	    /* bytes/s measured over the live rounds */
 	unsigned throttle;	    /* highest throttle applied, percent */
+	uint64_t pages_lz4;	    /* pages sent LZ4-compressed */
+	uint64_t pages_xor;	    /* pages sent as xor-deltas */
+	uint64_t cache_hits;	    /* xbzrle cache: previous version found */
+	uint64_t cache_misses;
+	uint64_t page_bytes;	    /* page data (after encoding) sent */
 	char error[256];	    /* why it failed, for the operator */
 };
 
@@ -129,7 +134,13 @@ struct mig_params {
 	bool abort_if_busy;   /* not converging: abort (else stop and copy) */
 	bool auto_converge;   /* throttle a guest that outruns the link */
 	unsigned timeout_ms;  /* bound on every channel read and write */
-	int compress;	      /* enum stream_compress for page batches */
+	int compress;	      /* enum stream_compress for page batches;
+			       * STREAM_COMP_AUTO (the default) gets the
+			       * measured link rate */
+	uint64_t xbzrle_bytes; /* from round 1 on, send a re-sent page as an
+				* xor-delta against the version sent before
+				* when a cache of this size still holds it;
+				* 0: off (the default) */
 	mig_policy_fn policy; /* NULL: mig_default_policy */
 	void *policy_ctx;
 	mig_progress_fn progress; /* NULL: none; else about every 100 ms

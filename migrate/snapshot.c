@@ -119,7 +119,29 @@ out_free:
 struct restore_ctx {
 	const struct hv_ops *ops;
 	struct hv_domain *d;
+	uint64_t *received; /* frames delivered in this stream (XOR bases) */
+	void *base;	    /* the frame mapped for the reader's base_cb */
 };
+
+static void base_release(struct restore_ctx *rc)
+{
+	if (rc->base)
+		rc->ops->unmap(rc->d, &rc->base, 1);
+	rc->base = NULL;
+}
+
+/* stream_base_cb: our copy of a frame this stream delivered before. */
+static const void *restore_base(void *ctx, uint64_t pfn)
+{
+	struct restore_ctx *rc = ctx;
+
+	base_release(rc);
+	if (!(rc->received[pfn / 64] >> (pfn % 64) & 1))
+		return NULL;
+	if (rc->ops->map(rc->d, &pfn, 1, &rc->base))
+		rc->base = NULL;
+	return rc->base;
+}
 
 static int restore_page(void *ctx, uint64_t pfn, const void *page)
 {
@@ -127,11 +149,13 @@ static int restore_page(void *ctx, uint64_t pfn, const void *page)
 	void *dst;
 	int err;
 
+	base_release(rc);
 	err = rc->ops->map(rc->d, &pfn, 1, &dst);
 	if (err)
 		return err;
 	memcpy(dst, page, HV_PAGE_SIZE);
 	rc->ops->unmap(rc->d, &dst, 1);
+	rc->received[pfn / 64] |= 1ULL << (pfn % 64);
 	return 0;
 }
 
@@ -214,7 +238,11 @@ int snap_restore_msg(const struct hv_ops *ops, const void *cfg,
 				.mem_size = dm->mem_size,
 				.nr_vcpus = dm->nr_vcpus,
 				.page_size = dm->page_size };
-			err = ops->create(&info, cfg, &rc.d);
+			rc.received = calloc((dm->mem_size / HV_PAGE_SIZE + 63) /
+						     64,
+					     sizeof(uint64_t));
+			err = rc.received ? ops->create(&info, cfg, &rc.d)
+					  : -ENOMEM;
 			if (err)
 				stream_rec_fail(&r, &rec, err,
 						"creating the VM: %s",
@@ -222,7 +250,9 @@ int snap_restore_msg(const struct hv_ops *ops, const void *cfg,
 			break;
 		}
 		case REC_PAGE_BATCH:
-			err = stream_decode_pages(&r, &rec, restore_page, &rc);
+			err = stream_decode_pages2(&r, &rec, restore_page, &rc,
+						   restore_base);
+			base_release(&rc);
 			break;
 		case REC_VCPU_X86:
 			/* The reader rejects duplicate and out-of-range
@@ -273,6 +303,7 @@ out_fini:
 	stream_reader_fini(&r);
 	if (rc.d)
 		ops->destroy(rc.d);
+	free(rc.received);
 out_free:
 	free(vs);
 	return err;

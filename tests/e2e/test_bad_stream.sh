@@ -56,7 +56,7 @@ bad device-version -- 'clock state version 99' backend
 bad vcpu-reserved -- '\(VCPU_X86\).*reserved'
 bad domain-mem -- '\(DOMAIN\).*mem_size 12345 is not a positive multiple'
 bad arch -- 'stream for another architecture'
-bad version -- 'version 2\.0 not supported'
+bad version -- 'version 2\.[0-9]+ not supported'
 bad append -- 'after END'
 bad drop VCPU_X86 -- 'vCPU 0 of 1 never sent'
 bad drop DOMAIN -- 'DOMAIN missing'

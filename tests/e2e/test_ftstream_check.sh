@@ -37,6 +37,16 @@ done
 [ $n -ge 50 ] || fail "only $n bad streams dumped"
 ok "$n invalid streams rejected with the C reader's message"
 
+# XOR pages: the verifier rebuilds the same guest RAM as the C reader.
+n=0
+for img in "$T"/dump/good-*.image; do
+	"$CHECK" --image "$T/rebuilt" "${img%.image}.ftst" >/dev/null || fail "${img%.image}.ftst rejected"
+	cmp -s "$T/rebuilt" "$img" || fail "$img: verifier and C reader rebuild different guest RAM"
+	n=$((n + 1))
+done
+[ $n -ge 5 ] || fail "only $n images"
+ok "$n XOR streams rebuilt to the C reader's guest RAM"
+
 # mutate SRC DST PYTHON-EXPR: DST = SRC's bytes d, modified in place by
 # the expression.
 mutate() {
