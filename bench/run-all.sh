@@ -9,7 +9,9 @@
 # 4 GiB of free memory (two 1 GiB guests plus a 1 GiB snapshot on
 # /dev/shm).  Each benchmark removes its own temporary files and stops its
 # own guests.  Numbers are noisy when anything else runs on the machine:
-# the load average is printed first for that reason.
+# the load average is printed first for that reason.  BENCH_MIGRATE=1
+# also runs bench/bench_migrate.sh (live migration against QEMU, root,
+# about 3-4 more minutes; --quick: one run per row).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 
@@ -18,7 +20,7 @@ B=build
 for a in "$@"; do
 	case $a in
 	--quick) quick=1 ;;
-	-h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,15p' "$0"; exit 0 ;;
 	*) B=$a ;;
 	esac
 done
@@ -67,5 +69,12 @@ run "$B/bench/bench_vmm" "${vmm_args[@]}"
 run "$B/bench/bench_snapshot" "${snap_args[@]}"
 run "$B/bench/bench_dirty" "${dirty_args[@]}"
 run "$B/bench/bench_stream" "${stream_args[@]}"
+if [ "${BENCH_MIGRATE:-0}" = 1 ]; then
+	if [ $quick = 1 ]; then
+		run bench/bench_migrate.sh --runs 1 "$B"
+	else
+		run bench/bench_migrate.sh "$B"
+	fi
+fi
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 exit $rc
