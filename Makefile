@@ -56,7 +56,8 @@ UNIT_BINS   := $(UNIT_SRCS:%.c=$(B)/%)
 BENCH_SRCS  := $(wildcard bench/*.c)
 BENCH_BINS  := $(BENCH_SRCS:%.c=$(B)/%)
 
-PROGS := $(B)/ftvm
+PROGS := $(B)/ftvm $(B)/ftd $(B)/ftctl
+FTD_OBJS := $(patsubst %.c,$(B)/%.o,$(wildcard daemon/ftd*.c))
 
 .PHONY: all guests check demo bench fuzz format clean distclean
 all: $(B)/libft.a $(B)/libhvkvm.a $(HVXEN_LIB) $(PROGS) $(UNIT_BINS) guests
@@ -82,6 +83,12 @@ $(B)/libhvxen.a: $(HVXEN_OBJS)
 endif
 
 $(B)/ftvm: $(B)/daemon/ftvm.o $(B)/libhvkvm.a $(B)/libft.a
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(DEP_LIBS)
+
+$(B)/ftd: $(FTD_OBJS) $(B)/libft.a
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(DEP_LIBS)
+
+$(B)/ftctl: $(B)/daemon/ftctl.o
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(DEP_LIBS)
 
 $(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/libhvkvm.a $(B)/libft.a
@@ -120,4 +127,5 @@ clean:
 distclean: clean
 	rm -f config.mk
 
--include $(ENGINE_OBJS:.o=.d) $(HVKVM_OBJS:.o=.d) $(HVXEN_OBJS:.o=.d) $(GNET_OBJS:.o=.d) $(KVSTORE_OBJS:.o=.d) $(UNIT_BINS:=.d) $(B)/daemon/ftvm.d
+-include $(ENGINE_OBJS:.o=.d) $(HVKVM_OBJS:.o=.d) $(HVXEN_OBJS:.o=.d) $(GNET_OBJS:.o=.d) $(KVSTORE_OBJS:.o=.d) $(UNIT_BINS:=.d) $(B)/daemon/ftvm.d \
+	$(FTD_OBJS:.o=.d) $(B)/daemon/ftctl.d

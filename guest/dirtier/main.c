@@ -238,8 +238,11 @@ int main(int argc, char **argv)
 				/* Paused or starved: no catch-up burst. */
 				t_base = now;
 				done = 0;
-			} else if (due > now) {
-				ft_poll(due);
+			} else {
+				/* ft_poll returns early when NIC input is
+				 * pending (which the dirtier never reads). */
+				while (ft_clock_mono() < due)
+					ft_poll(due);
 			}
 		} else if (now - t_last < MSEC && chunk < CHUNK_MAX) {
 			chunk *= 2;
