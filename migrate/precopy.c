@@ -590,7 +590,11 @@ static int live_rounds(struct mig_sender *s)
 		st->pages += r->pages;
 		st->disk_blocks += r->disk_blocks;
 		s->link_bytes += r->bytes;
-		s->link_ns += r->send_ns;
+		/* Unpaced, the round's wall time is the link's: the time in
+		 * write calls alone misses what the socket buffers absorbed
+		 * (megabytes, on a slow link a large share).  Paced, only
+		 * the time spent writing says what the link can do. */
+		s->link_ns += r->rate ? r->send_ns : r->ns;
 		if (s->link_ns)
 			st->link_rate = (uint64_t)((unsigned __int128)
 							   s->link_bytes *

@@ -8,6 +8,7 @@
 #    outruns a 40 MB/s link is throttled and the migration converges;
 #  - xbzrle: the same guest over the same link converges without heavy
 #    throttling when re-sent pages go as xor-deltas;
+#  - the guest's monotonic clock continues across a move, never backwards;
 #  - a kvstore VM with its disk moves A -> B while redis-benchmark runs
 #    against it from the client namespace and a ledger client writes keys:
 #    no errors on the client, every acknowledged write readable on B, and
@@ -97,6 +98,24 @@ grep -q 'VERIFY FAIL' "$T/xb2.log" && fail "pattern broken after an xbzrle migra
 ok "xbzrle: $xor pages as deltas, throttle $thr2% (without: $thr%): $(cat "$T/mig.out")"
 ctl "$SB" quit >/dev/null
 ip netns exec "$ANS" tc qdisc del dev mig root
+
+# ---- the guest clock across a move --------------------------------------------
+bg ip netns exec "$ANS" "$FTVM" run --image "$GUEST_DIR/hello.elf" --mem 32M --cmdline spin \
+	--control "$SA" --console "$T/spin1.log"
+spun() { [ "$(grep -c 'spin' "$1")" -ge "$2" ]; }
+wait_for 10 spun "$T/spin1.log" 2 || fail "spin guest silent"
+incoming "$BNS" "$B_IP" "$T/inc.out" --insecure --control "$SB" --console "$T/spin2.log"
+ctl "$SA" migrate "$INC_ADDR" --insecure > "$T/mig.out" 2> "$T/mig.err" ||
+	fail "spin migration: $(cat "$T/mig.out" "$T/mig.err")"
+wait_for 10 spun "$T/spin2.log" 2 || fail "spin guest silent after the move"
+ctl "$SB" quit >/dev/null
+prev=0
+while read -r t; do
+	[ "$t" -ge "$prev" ] || fail "guest clock went backwards across the move: $prev -> $t"
+	prev=$t
+done < <(cat "$T/spin1.log" "$T/spin2.log" | grep spin | awk '{print $5}')
+ok "guest clock continues across the move: last on A $(grep spin "$T/spin1.log" | tail -n1 | awk '{print $5}'), first on B $(grep spin "$T/spin2.log" | head -n1 | awk '{print $5}')"
+wait_for 10 test ! -S "$SB" || fail "B's ftvm did not stop"
 
 # ---- kvstore with its disk, under load ------------------------------------
 MAC=52:54:00:00:01:02 GIP=10.77.0.2
