@@ -88,7 +88,7 @@ $(B)/ftvm: $(B)/daemon/ftvm.o $(B)/libhvkvm.a $(B)/libft.a
 $(B)/ftd: $(FTD_OBJS) $(B)/libft.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(DEP_LIBS)
 
-$(B)/ftctl: $(B)/daemon/ftctl.o
+$(B)/ftctl: $(B)/daemon/ftctl.o $(B)/libft.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(DEP_LIBS)
 
 $(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/libhvkvm.a $(B)/libft.a

@@ -27,6 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli.h"
+
 #define LINE_MAX_BYTES (64 * 1024)
 #define DEFAULT_SOCKET "/run/ftengine/ftd.sock"
 #define EXIT_FAILED 1
@@ -249,35 +251,21 @@ static json_t *call(json_t *req)
 	return rep;
 }
 
-/* ---- sizes and values ---- */
-
-/* "256M", "1G", "65536K", "16777216" (powers of two). */
-static int parse_size(const char *s, uint64_t *out)
+/* call(), keeping only a successful reply: a failure is printed and
+ * NULL returned (the exit status is then EXIT_FAILED). */
+static json_t *call_ok(json_t *req)
 {
-	char *end;
-	unsigned long long v;
-	unsigned shift = 0;
+	json_t *rep = call(req);
 
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || end == s || *s == '-' || *s == '+')
-		return -EINVAL;
-	switch (*end) {
-	case 'k': case 'K': shift = 10; end++; break;
-	case 'm': case 'M': shift = 20; end++; break;
-	case 'g': case 'G': shift = 30; end++; break;
-	case '\0': break;
-	default: return -EINVAL;
+	if (rep && !reply_ok(rep)) {
+		print_failure(rep);
+		json_decref(rep);
+		rep = NULL;
 	}
-	if (*end == 'i' && end[1] == 'B')
-		end += 2;
-	else if (*end == 'B' && shift)
-		end++;
-	if (*end || v > (UINT64_MAX >> shift))
-		return -EINVAL;
-	*out = (uint64_t)v << shift;
-	return 0;
+	return rep;
 }
+
+/* ---- sizes and values ---- */
 
 static void fmt_size(char *buf, size_t len, double bytes)
 {
@@ -344,14 +332,14 @@ static int vm_create(int argc, char **argv)
 	char image[PATH_MAX], console[PATH_MAX];
 	const char *img = NULL;
 	uint64_t v;
-	int c, rc;
+	int c;
 
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
 		case O_IMAGE: img = optarg; break;
 		case O_MEM:
-			if (parse_size(optarg, &v))
+			if (cli_parse_size(optarg, &v))
 				die_usage("--mem %s: not a size (try 256M or "
 					  "1G)",
 					  optarg);
@@ -366,7 +354,7 @@ static int vm_create(int argc, char **argv)
 			json_object_set_new(req, "net", json_string(optarg));
 			break;
 		case O_DISK:
-			if (parse_size(optarg, &v) || !v)
+			if (cli_parse_size(optarg, &v) || !v)
 				die_usage("--disk-size %s: not a size (try "
 					  "64M)",
 					  optarg);
@@ -410,20 +398,15 @@ static int vm_create(int argc, char **argv)
 	json_object_set_new(req, "cmd", json_string("create"));
 	json_object_set_new(req, "name", json_string(argv[optind]));
 	json_object_set_new(req, "image", json_string(image));
-	rep = call(req);
+	rep = call_ok(req);
 	if (!rep)
 		return EXIT_FAILED;
-	if (!reply_ok(rep)) {
-		rc = print_failure(rep);
-	} else {
-		if (opt_json)
-			print_json(rep);
-		else
-			printf("created %s\n", argv[optind]);
-		rc = 0;
-	}
+	if (opt_json)
+		print_json(rep);
+	else
+		printf("created %s\n", argv[optind]);
 	json_decref(rep);
-	return rc;
+	return 0;
 }
 
 static void print_status(json_t *vm)
@@ -504,7 +487,7 @@ static int vm_simple(const char *verb, int argc, char **argv)
 	};
 	json_t *req, *rep;
 	const char *cmd = verb;
-	int c, rc = 0;
+	int c;
 	bool need_name = strcmp(verb, "list") != 0;
 	bool is_resolve = !strcmp(verb, "resolve");
 
@@ -534,14 +517,9 @@ static int vm_simple(const char *verb, int argc, char **argv)
 		json_object_set_new(req, "moved",
 				    json_boolean(!strcmp(how, "moved")));
 	}
-	rep = call(req);
+	rep = call_ok(req);
 	if (!rep)
 		return EXIT_FAILED;
-	if (!reply_ok(rep)) {
-		rc = print_failure(rep);
-		json_decref(rep);
-		return rc;
-	}
 	if (opt_json)
 		print_json(rep);
 	else if (!strcmp(verb, "start") &&
@@ -564,7 +542,7 @@ static int vm_simple(const char *verb, int argc, char **argv)
 		printf("%s\n", *jstr(rep, "message") ? jstr(rep, "message")
 						     : "resolved");
 	json_decref(rep);
-	return rc;
+	return 0;
 }
 
 static int cmd_vm(int argc, char **argv)
@@ -756,7 +734,7 @@ static int cmd_migrate(int argc, char **argv)
 					    json_integer(ms));
 			break;
 		case O_BW:
-			if (parse_size(optarg, &v) || v > INT64_MAX)
+			if (cli_parse_size(optarg, &v) || v > INT64_MAX)
 				die_usage("--bandwidth %s: bytes per second "
 					  "(try 100M); 0: unlimited",
 					  optarg);
@@ -778,7 +756,7 @@ static int cmd_migrate(int argc, char **argv)
 					    json_string(optarg));
 			break;
 		case O_XBZRLE:
-			if (parse_size(optarg, &v) || (v && v < 8192) ||
+			if (cli_parse_size(optarg, &v) || (v && v < 8192) ||
 			    v > (64ULL << 30))
 				die_usage("--xbzrle %s: a cache size, 8K..64G "
 					  "(try 256M); 0: off",
@@ -858,7 +836,6 @@ static int cmd_host(int argc, char **argv)
 {
 	json_t *rep, *peers, *pe;
 	size_t i;
-	int rc;
 
 	if (argc > 1 &&
 	    (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
@@ -868,14 +845,9 @@ static int cmd_host(int argc, char **argv)
 	}
 	if (argc > 1)
 		die_usage("host takes no arguments");
-	rep = call(json_pack("{s:s}", "cmd", "host"));
+	rep = call_ok(json_pack("{s:s}", "cmd", "host"));
 	if (!rep)
 		return EXIT_FAILED;
-	if (!reply_ok(rep)) {
-		rc = print_failure(rep);
-		json_decref(rep);
-		return rc;
-	}
 	if (opt_json) {
 		print_json(rep);
 	} else {
@@ -912,14 +884,9 @@ static int cmd_peers(int argc, char **argv)
 	}
 	if (argc > 1)
 		die_usage("peers takes no arguments");
-	rep = call(json_pack("{s:s}", "cmd", "peers"));
+	rep = call_ok(json_pack("{s:s}", "cmd", "peers"));
 	if (!rep)
 		return EXIT_FAILED;
-	if (!reply_ok(rep)) {
-		rc = print_failure(rep);
-		json_decref(rep);
-		return rc;
-	}
 	if (opt_json)
 		print_json(rep);
 	json_array_foreach(json_object_get(rep, "peers"), i, pe) {

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "chan_net.h"
+#include "cli.h"
 #include "ftd.h"
 #include "log.h"
 
@@ -679,43 +680,21 @@ static int mkdir_parents(const char *path, mode_t mode)
 
 static int ctl_listen(const char *path)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd, probe, err;
+	size_t max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+	int err;
 
-	if (strlen(path) >= sizeof(sa.sun_path)) {
-		log_err("--control %s: longer than %zu bytes", path,
-			sizeof(sa.sun_path) - 1);
+	/* Checked before mkdir_parents creates anything for it. */
+	if (strlen(path) > max) {
+		log_err("--control %s: longer than %zu bytes", path, max);
 		return -ENAMETOOLONG;
 	}
-	strcpy(sa.sun_path, path);
 	err = mkdir_parents(path, 0755);
 	if (err) {
 		log_err("--control %s: cannot create its directory: %s", path,
 			strerror(-err));
 		return err;
 	}
-	/* Refuse to steal a live socket; remove a stale one. */
-	probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (probe >= 0 &&
-	    connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-		close(probe);
-		log_err("control socket %s is in use by another ftd", path);
-		return -EADDRINUSE;
-	}
-	if (probe >= 0)
-		close(probe);
-	unlink(path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return -errno;
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-	    chmod(path, 0600) < 0 || listen(fd, 16) < 0) {
-		err = -errno;
-		log_err("control socket %s: %s", path, strerror(errno));
-		close(fd);
-		return err;
-	}
-	return fd;
+	return cli_listen_unix(path, "ftd", 16);
 }
 
 /* ---- startup and shutdown ---- */

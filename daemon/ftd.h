@@ -168,6 +168,14 @@ void vm_set_state(struct ftd_vm *vm, enum vm_state st, const char *fmt, ...)
 int vm_spawn(struct ftd_vm *vm, char **argv, bool want_stdout);
 /* The path of the VM's console file. */
 void vm_console_path(const struct ftd_vm *vm, char *buf, size_t len);
+/* The ftvm options `run` and `incoming` share (control socket, console,
+ * NIC, disk), appended at argv[n]; returns the new n.  The strings live
+ * in *b. */
+struct vm_argbuf {
+	char console[PATH_MAX], disk[PATH_MAX], size[32];
+};
+int vm_dev_args(const struct ftd_vm *vm, struct vm_argbuf *b, char **argv,
+		int n);
 json_t *vm_summary(const struct ftd_vm *vm);
 /* Start and stop from a control request (replies through r). */
 json_t *vm_start(struct ftd_vm *vm, struct ctl_req *r);

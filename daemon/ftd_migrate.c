@@ -1008,7 +1008,8 @@ static void dest_prepare(struct ftd *d, struct peer_req *pr, json_t *req,
 			 const char *from)
 {
 	char err[FTD_REASON_MAX], listen[FTD_ADDR_MAX + 8];
-	char console[PATH_MAX], disk[PATH_MAX], dsize[32], tmo[16];
+	struct vm_argbuf ab;
+	char tmo[16];
 	struct vm_def def;
 	struct ftd_vm *vm;
 	json_t *ins = json_object_get(req, "insecure");
@@ -1061,7 +1062,6 @@ static void dest_prepare(struct ftd *d, struct peer_req *pr, json_t *req,
 	host_port(listen, sizeof(listen), d->listen_host, 0);
 	if (!*d->listen_host)
 		snprintf(listen, sizeof(listen), ":0");
-	vm_console_path(vm, console, sizeof(console));
 	snprintf(tmo, sizeof(tmo), "%d", INCOMING_TIMEOUT);
 	argv[n++] = NULL;
 	argv[n++] = "incoming";
@@ -1079,23 +1079,7 @@ static void dest_prepare(struct ftd *d, struct peer_req *pr, json_t *req,
 		argv[n++] = "--peer-name";
 		argv[n++] = (char *)from;
 	}
-	argv[n++] = "--control";
-	argv[n++] = vm->sock;
-	argv[n++] = "--console";
-	argv[n++] = console;
-	if (vm->def.net) {
-		argv[n++] = "--net";
-		argv[n++] = vm->def.net;
-	}
-	if (vm->def.disk_size) {
-		snprintf(disk, sizeof(disk), "%s/disk.img", vm->dir);
-		snprintf(dsize, sizeof(dsize), "%llu",
-			 (unsigned long long)vm->def.disk_size);
-		argv[n++] = "--disk";
-		argv[n++] = disk;
-		argv[n++] = "--disk-size";
-		argv[n++] = dsize;
-	}
+	n = vm_dev_args(vm, &ab, argv, n);
 	argv[n++] = "--timeout";
 	argv[n++] = tmo;
 	argv[n] = NULL;

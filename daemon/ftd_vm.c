@@ -891,9 +891,34 @@ static void vm_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	}
 }
 
+int vm_dev_args(const struct ftd_vm *vm, struct vm_argbuf *b, char **argv,
+		int n)
+{
+	vm_console_path(vm, b->console, sizeof(b->console));
+	argv[n++] = "--control";
+	argv[n++] = vm->sock;
+	argv[n++] = "--console";
+	argv[n++] = b->console;
+	if (vm->def.net) {
+		argv[n++] = "--net";
+		argv[n++] = vm->def.net;
+	}
+	if (vm->def.disk_size) {
+		snprintf(b->disk, sizeof(b->disk), "%s/disk.img", vm->dir);
+		snprintf(b->size, sizeof(b->size), "%llu",
+			 (unsigned long long)vm->def.disk_size);
+		argv[n++] = "--disk";
+		argv[n++] = b->disk;
+		argv[n++] = "--disk-size";
+		argv[n++] = b->size;
+	}
+	return n;
+}
+
 json_t *vm_start(struct ftd_vm *vm, struct ctl_req *r)
 {
-	char console[PATH_MAX], disk[PATH_MAX], mem[32], dsize[32];
+	struct vm_argbuf ab;
+	char mem[32];
 	char *argv[24];
 	int n = 0, err;
 
@@ -903,7 +928,6 @@ json_t *vm_start(struct ftd_vm *vm, struct ctl_req *r)
 	if (access(vm->def.image, R_OK) < 0)
 		return reply_err("%s cannot start: image %s: %s", vm->def.name,
 				 vm->def.image, strerror(errno));
-	vm_console_path(vm, console, sizeof(console));
 	snprintf(mem, sizeof(mem), "%llu",
 		 (unsigned long long)vm->def.mem);
 	argv[n++] = NULL; /* ftvm */
@@ -916,23 +940,7 @@ json_t *vm_start(struct ftd_vm *vm, struct ctl_req *r)
 		argv[n++] = "--cmdline";
 		argv[n++] = vm->def.cmdline;
 	}
-	argv[n++] = "--control";
-	argv[n++] = vm->sock;
-	argv[n++] = "--console";
-	argv[n++] = console;
-	if (vm->def.net) {
-		argv[n++] = "--net";
-		argv[n++] = vm->def.net;
-	}
-	if (vm->def.disk_size) {
-		snprintf(disk, sizeof(disk), "%s/disk.img", vm->dir);
-		snprintf(dsize, sizeof(dsize), "%llu",
-			 (unsigned long long)vm->def.disk_size);
-		argv[n++] = "--disk";
-		argv[n++] = disk;
-		argv[n++] = "--disk-size";
-		argv[n++] = dsize;
-	}
+	n = vm_dev_args(vm, &ab, argv, n);
 	argv[n] = NULL;
 	vm->exit_code = -1;
 	vm->stop_req = NULL;

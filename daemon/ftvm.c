@@ -39,6 +39,7 @@
 
 #include "chan_net.h"
 #include "channel.h"
+#include "cli.h"
 #include "kvm/kvm.h"
 #include "log.h"
 #include "migrate/precopy.h"
@@ -129,34 +130,6 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-/* Parse "256M", "1G", "65536K", "16777216". */
-static int parse_size(const char *s, uint64_t *out)
-{
-	char *end;
-	unsigned long long v;
-	unsigned shift = 0;
-
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || end == s || *s == '-')
-		return -EINVAL;
-	switch (*end) {
-	case 'k': case 'K': shift = 10; end++; break;
-	case 'm': case 'M': shift = 20; end++; break;
-	case 'g': case 'G': shift = 30; end++; break;
-	case '\0': break;
-	default: return -EINVAL;
-	}
-	if (*end == 'i' && end[1] == 'B')
-		end += 2;
-	else if (*end == 'B' && shift)
-		end++;
-	if (*end || v > (UINT64_MAX >> shift))
-		return -EINVAL;
-	*out = (uint64_t)v << shift;
-	return 0;
-}
-
 static const char *state_name(enum hv_run_state s)
 {
 	switch (s) {
@@ -202,7 +175,7 @@ static json_t *mig_progress_json(const struct mig_progress *pr)
 			 "throttle", (int)pr->throttle);
 }
 
-static json_t *cmd_status(struct vm *vm, json_t *req)
+static json_t *cmd_status(struct vm *vm, json_t *req, struct ctl_client *cl)
 {
 	struct hv_status st;
 	struct hv_dom_info info;
@@ -253,7 +226,7 @@ static json_t *busy(struct vm *vm)
 	return NULL;
 }
 
-static json_t *cmd_pause(struct vm *vm, json_t *req)
+static json_t *cmd_pause(struct vm *vm, json_t *req, struct ctl_client *cl)
 {
 	json_t *b = busy(vm);
 
@@ -266,7 +239,7 @@ static json_t *cmd_pause(struct vm *vm, json_t *req)
 	return json_pack("{s:b, s:s}", "ok", 1, "state", "paused");
 }
 
-static json_t *cmd_resume(struct vm *vm, json_t *req)
+static json_t *cmd_resume(struct vm *vm, json_t *req, struct ctl_client *cl)
 {
 	json_t *b = busy(vm);
 
@@ -287,7 +260,7 @@ static const char *req_file(json_t *req)
 }
 
 /* Save to FILE.tmp, then rename: a failed save never clobbers FILE. */
-static json_t *cmd_save(struct vm *vm, json_t *req)
+static json_t *cmd_save(struct vm *vm, json_t *req, struct ctl_client *cl)
 {
 	const char *file = req_file(req);
 	json_t *stop_j = json_object_get(req, "stop");
@@ -338,7 +311,7 @@ static json_t *cmd_save(struct vm *vm, json_t *req)
 			 (double)(t1 - t0) / 1e9);
 }
 
-static json_t *cmd_dump(struct vm *vm, json_t *req)
+static json_t *cmd_dump(struct vm *vm, json_t *req, struct ctl_client *cl)
 {
 	const char *file = req_file(req);
 	int fd, err;
@@ -362,7 +335,7 @@ static json_t *cmd_dump(struct vm *vm, json_t *req)
 	return json_pack("{s:b, s:s}", "ok", 1, "file", file);
 }
 
-static json_t *cmd_quit(struct vm *vm, json_t *req)
+static json_t *cmd_quit(struct vm *vm, json_t *req, struct ctl_client *cl)
 {
 	if (vm->mig.phase == MIG_ACTIVE)
 		return reply_err("a migration is in progress (migrate-cancel "
@@ -643,7 +616,7 @@ static json_t *cmd_migrate(struct vm *vm, json_t *req, struct ctl_client *cl)
 	return NULL; /* the reply comes when it ends */
 }
 
-static json_t *cmd_migrate_cancel(struct vm *vm, json_t *req)
+static json_t *cmd_migrate_cancel(struct vm *vm, json_t *req, struct ctl_client *cl)
 {
 	if (vm->mig.phase != MIG_ACTIVE)
 		return reply_err("no migration in progress");
@@ -653,7 +626,7 @@ static json_t *cmd_migrate_cancel(struct vm *vm, json_t *req)
 	return json_pack("{s:b}", "ok", 1);
 }
 
-static json_t *cmd_resolve(struct vm *vm, json_t *req)
+static json_t *cmd_resolve(struct vm *vm, json_t *req, struct ctl_client *cl)
 {
 	json_t *moved = json_object_get(req, "moved");
 
@@ -702,14 +675,10 @@ static void mig_abandon(struct vm *vm)
 			"must not run; stopping it");
 }
 
-static json_t *cmd_migrate_fn(struct vm *vm, json_t *req)
-{
-	return NULL; /* dispatched with its client in ctl_handle */
-}
-
 static const struct {
 	const char *name;
-	json_t *(*fn)(struct vm *vm, json_t *req);
+	/* NULL from fn: the reply is deferred (cl->waiting) */
+	json_t *(*fn)(struct vm *vm, json_t *req, struct ctl_client *cl);
 	const char *help;
 } commands[] = {
 	{ "status", cmd_status, "state, memory, exit counters" },
@@ -718,7 +687,7 @@ static const struct {
 	{ "save", cmd_save, "{\"file\": PATH, \"stop\": BOOL} save the VM" },
 	{ "dump", cmd_dump, "{\"file\": PATH} raw guest RAM image" },
 	{ "quit", cmd_quit, "stop the VM and ftvm" },
-	{ "migrate", cmd_migrate_fn, "{\"to\": HOST:PORT, ...} live migration" },
+	{ "migrate", cmd_migrate, "{\"to\": HOST:PORT, ...} live migration" },
 	{ "migrate-cancel", cmd_migrate_cancel, "end a migration in progress" },
 	{ "resolve", cmd_resolve, "{\"moved\": BOOL} after an in-doubt migration" },
 };
@@ -744,17 +713,15 @@ static json_t *ctl_handle(struct vm *vm, const char *line,
 	if (vm->incoming && cmd && strcmp(cmd, "status")) {
 		rep = reply_err("an incoming migration is in progress: only "
 				"\"status\" works");
-	} else if (cmd && !strcmp(cmd, "migrate")) {
-		rep = cmd_migrate(vm, req, cl);
-		if (!rep) {
-			json_decref(req);
-			return NULL;
-		}
 	} else {
 		for (i = 0; cmd && i < sizeof(commands) / sizeof(commands[0]);
 		     i++)
 			if (!strcmp(cmd, commands[i].name))
-				rep = commands[i].fn(vm, req);
+				rep = commands[i].fn(vm, req, cl);
+		if (!rep && cl->waiting) {
+			json_decref(req);
+			return NULL;
+		}
 	}
 	if (!rep)
 		rep = cmd ? reply_err("unknown command \"%s\"", cmd)
@@ -871,42 +838,6 @@ static void listen_cb(struct ev_loop *loop, ev_io *w, int revents)
 	log_warn("control: more than %d clients; refusing one",
 		 CTL_CLIENTS_MAX);
 	close(fd);
-}
-
-static int ctl_listen(const char *path)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd, probe;
-
-	if (strlen(path) >= sizeof(sa.sun_path)) {
-		log_err("control socket path longer than %zu bytes: %s",
-			sizeof(sa.sun_path) - 1, path);
-		return -ENAMETOOLONG;
-	}
-	strcpy(sa.sun_path, path);
-	/* Refuse to steal a live socket; remove a stale one. */
-	probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (probe >= 0 && connect(probe, (struct sockaddr *)&sa,
-				  sizeof(sa)) == 0) {
-		close(probe);
-		log_err("control socket %s is in use by another ftvm", path);
-		return -EADDRINUSE;
-	}
-	if (probe >= 0)
-		close(probe);
-	unlink(path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return -errno;
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-	    chmod(path, 0600) < 0 || listen(fd, 8) < 0) {
-		int err = -errno;
-
-		log_err("control socket %s: %s", path, strerror(errno));
-		close(fd);
-		return err;
-	}
-	return fd;
 }
 
 /* ---- live migration: destination ------------------------------------ */
@@ -1077,7 +1008,7 @@ static int vm_serve(struct vm *vm)
 	ev_signal_start(vm->loop, &vm->sigint_w);
 	ev_signal_start(vm->loop, &vm->sigterm_w);
 	if (vm->ctl_path) {
-		vm->listen_fd = ctl_listen(vm->ctl_path);
+		vm->listen_fd = cli_listen_unix(vm->ctl_path, "ftvm", 8);
 		if (vm->listen_fd < 0)
 			return EXIT_VMM_ERROR;
 		ev_io_init(&vm->listen_w, listen_cb, vm->listen_fd, EV_READ);
@@ -1260,7 +1191,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case OPT_STOP: o->stop = true; break;
 		case OPT_DISK: o->disk = optarg; break;
 		case OPT_DISK_SIZE:
-			if (parse_size(optarg, &o->disk_size) ||
+			if (cli_parse_size(optarg, &o->disk_size) ||
 			    !o->disk_size) {
 				log_err("--disk-size %s: not a size (try 64M)",
 					optarg);
@@ -1289,7 +1220,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			o->compress = optarg;
 			break;
 		case OPT_XBZRLE:
-			if (parse_size(optarg, &o->xbzrle) ||
+			if (cli_parse_size(optarg, &o->xbzrle) ||
 			    (o->xbzrle && o->xbzrle < 8192)) {
 				log_err("--xbzrle %s: a cache size (try 256M; 0: "
 					"off)",
@@ -1316,7 +1247,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			break;
 		case OPT_BANDWIDTH:
 			/* bytes per second, with K/M/G suffixes */
-			if (parse_size(optarg, &o->bandwidth)) {
+			if (cli_parse_size(optarg, &o->bandwidth)) {
 				log_err("--bandwidth %s: not a rate (try 100M "
 					"for 100 MiB/s, 0 for unlimited)",
 					optarg);
@@ -1325,7 +1256,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			break;
 		case OPT_VERBOSE: log_set_level(LOG_DEBUG); break;
 		case OPT_MEM:
-			if (parse_size(optarg, &o->mem)) {
+			if (cli_parse_size(optarg, &o->mem)) {
 				log_err("--mem %s: not a size (try 256M or 1G)",
 					optarg);
 				return -EINVAL;

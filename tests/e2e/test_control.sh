@@ -86,6 +86,39 @@ assert b'"ok":true' in s.recv(1000)
 PY
 ok "17th client refused, others served"
 
+# migrate, migrate-cancel, resolve: every bad member answered, the VM runs.
+expect_reply '{"cmd":"migrate"}' 'migrate needs \\"to\\"'
+expect_reply '{"cmd":"migrate","to":7}' 'migrate needs \\"to\\"'
+expect_reply '{"cmd":"migrate","to":"h:1"}' 'needs \\"ca\\", \\"cert\\" and \\"key\\".*insecure'
+expect_reply '{"cmd":"migrate","to":"h:1","insecure":true,"downtime_ms":0}' 'downtime_ms.*1\.\.60000'
+expect_reply '{"cmd":"migrate","to":"h:1","insecure":true,"downtime_ms":"5"}' 'downtime_ms.*1\.\.60000'
+expect_reply '{"cmd":"migrate","to":"h:1","insecure":true,"bandwidth":-1}' 'bandwidth.*bytes per second'
+expect_reply '{"cmd":"migrate","to":"h:1","insecure":true,"timeout_ms":5}' 'timeout_ms.*100\.\.600000'
+expect_reply '{"cmd":"migrate","to":"h:1","insecure":"yes"}' 'must be true or false'
+expect_reply '{"cmd":"migrate","to":"h:1","insecure":true,"compress":"zip"}' 'compress.*none.*lz4.*auto'
+expect_reply '{"cmd":"migrate","to":"h:1","insecure":true,"xbzrle_cache":100}' 'xbzrle_cache.*8192'
+expect_reply '{"cmd":"migrate","to":"h:1","ca":7,"cert":"c","key":"k"}' 'must be strings'
+expect_reply '{"cmd":"migrate-cancel"}' 'no migration in progress'
+expect_reply '{"cmd":"resolve","moved":true}' 'no migration is in doubt'
+# nothing listens at the address: a clear failure, the VM keeps running
+expect_reply '{"cmd":"migrate","to":"127.0.0.1:1","insecure":true}' 'cannot connect to 127\.0\.0\.1:1.*"state":"running"'
+expect_reply '{"cmd":"status"}' '"state":"running"'
+n=$(spins); wait_for 5 spins_above "$n" || fail "guest stopped after the refused migrations"
+# The command line checks the same before it connects.
+expect_fail 2 'migrate needs HOST:PORT' "$FTVM" ctl --control "$S" migrate
+expect_fail 2 'downtime 0: not a whole number in 1\.\.60000' "$FTVM" ctl --control "$S" migrate h:1 --downtime 0
+expect_fail 2 'bandwidth x: not a rate' "$FTVM" ctl --control "$S" migrate h:1 --bandwidth x
+expect_fail 2 'compress zip: none, lz4 or auto' "$FTVM" ctl --control "$S" migrate h:1 --compress zip
+expect_fail 2 "resolve needs 'moved' or 'stay'" "$FTVM" ctl --control "$S" resolve maybe
+# ftvm incoming refuses what it cannot use, before it listens.
+expect_fail 125 'incoming needs --listen' "$FTVM" incoming --insecure
+expect_fail 125 'give --ca, --cert and --key.*or --insecure' "$FTVM" incoming --listen 127.0.0.1:0
+expect_fail 125 'exclude each other' "$FTVM" incoming --listen 127.0.0.1:0 --insecure --ca x
+expect_fail 125 'needs --disk-size' "$FTVM" incoming --listen 127.0.0.1:0 --insecure --disk "$T/d.img"
+expect_fail 125 'timeout 0: not a whole number' "$FTVM" incoming --listen 127.0.0.1:0 --insecure --timeout 0
+expect_fail 125 'bad address|invalid|resolve|port' "$FTVM" incoming --listen nohost:notaport --insecure
+expect_fail 125 'no source connected within 1 s' "$FTVM" incoming --listen 127.0.0.1:0 --insecure --timeout 1
+
 # A second ftvm refuses a live socket.
 expect_fail 125 'in use by another ftvm' "$FTVM" run --image "$GUEST_DIR/hello.elf" \
 	--mem 16M --cmdline spin --control "$S"

@@ -259,12 +259,36 @@ static void *relay_main(void *arg)
 
 /* ---- tests -------------------------------------------------------------- */
 
-static void params(struct mig_params *p, int fd)
+static void params(struct mig_params *p)
 {
 	mig_params_init(p);
 	p->start_rate = 256ULL << 20;
 	p->max_rate = 256ULL << 20;
 	p->timeout_ms = 2000;
+}
+
+/*
+ * Migrate s's VM to a receiver thread in rx->mode over a socketpair, with
+ * parameters `p`; return mig_send's result.  The sender's end is closed
+ * before the receiver is joined (that ends a receiver that drains).
+ */
+static int send_to(struct source *s, struct rx *rx, const struct mig_params *p,
+		   struct mig_stats *st)
+{
+	struct chan *c;
+	pthread_t t;
+	int sv[2], err;
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
+			 0);
+	rx->fd = sv[1];
+	assert_int_equal(pthread_create(&t, NULL, rx_main, rx), 0);
+	assert_int_equal(chan_from_fd(&c, sv[0], false), 0);
+	err = mig_send(&kvm_hv_ops, s->vm.d, c, p, st);
+	chan_close(c);
+	close(sv[0]);
+	pthread_join(t, NULL);
+	return err;
 }
 
 /* Destination RAM == source RAM; the dirtier's pattern holds. */
@@ -314,26 +338,15 @@ static void test_migrate(void **state)
 	struct rx rx = { .mode = RX_MIGRATE };
 	struct mig_params p;
 	struct mig_stats st;
-	struct chan *c;
-	pthread_t t;
-	int sv[2];
 	static char con[BVM_CONSOLE_MAX];
 	struct hv_status hs;
 	uint64_t end;
 
 	rx.con = memfd_create("dst-console", MFD_CLOEXEC);
 	assert_true(rx.con >= 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
-			 0);
-	rx.fd = sv[1];
-	assert_int_equal(pthread_create(&t, NULL, rx_main, &rx), 0);
-	assert_int_equal(chan_from_fd(&c, sv[0], false), 0);
-	params(&p, sv[0]);
+	params(&p);
 	p.downtime_ns = 2000000; /* below round 0's remainder: >= 2 rounds */
-	assert_int_equal(mig_send(&kvm_hv_ops, s->vm.d, c, &p, &st), 0);
-	pthread_join(t, NULL);
-	chan_close(c);
-	close(sv[0]);
+	assert_int_equal(send_to(s, &rx, &p, &st), 0);
 	assert_int_equal(rx.err, 0);
 	print_message("# migrated: %u live rounds (pages:", st.rounds);
 	for (unsigned i = 0; i < st.rounds; i++)
@@ -373,21 +386,11 @@ static void failing_receiver(int mode, int want)
 	struct source *s = start_source();
 	struct rx rx = { .mode = mode, .con = -1 };
 	struct mig_params p;
-	struct chan *c;
-	pthread_t t;
-	int sv[2], err;
+	int err;
 
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
-			 0);
-	rx.fd = sv[1];
-	assert_int_equal(pthread_create(&t, NULL, rx_main, &rx), 0);
-	assert_int_equal(chan_from_fd(&c, sv[0], false), 0);
-	params(&p, sv[0]);
+	params(&p);
 	p.timeout_ms = 500;
-	err = mig_send(&kvm_hv_ops, s->vm.d, c, &p, NULL);
-	chan_close(c);
-	close(sv[0]); /* ends the draining receiver */
-	pthread_join(t, NULL);
+	err = send_to(s, &rx, &p, NULL);
 	if (want)
 		assert_int_equal(err, want);
 	else
@@ -429,7 +432,7 @@ static void test_corrupt_byte(void **state)
 	assert_int_equal(pthread_create(&tr, NULL, relay_main, &rl), 0);
 	assert_int_equal(pthread_create(&t, NULL, rx_main, &rx), 0);
 	assert_int_equal(chan_from_fd(&c, sa[0], false), 0);
-	params(&p, sa[0]);
+	params(&p);
 	err = mig_send(&kvm_hv_ops, s->vm.d, c, &p, NULL);
 	chan_close(c);
 	close(sa[0]);
@@ -456,21 +459,11 @@ static void test_start_fails(void **state)
 	struct rx rx = { .mode = RX_START_FAILS };
 	struct mig_params p;
 	struct mig_stats st;
-	struct chan *c;
-	pthread_t t;
-	int sv[2], err;
+	int err;
 
 	rx.con = memfd_create("dst-console", MFD_CLOEXEC);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
-			 0);
-	rx.fd = sv[1];
-	assert_int_equal(pthread_create(&t, NULL, rx_main, &rx), 0);
-	assert_int_equal(chan_from_fd(&c, sv[0], false), 0);
-	params(&p, sv[0]);
-	err = mig_send(&kvm_hv_ops, s->vm.d, c, &p, &st);
-	pthread_join(t, NULL);
-	chan_close(c);
-	close(sv[0]);
+	params(&p);
+	err = send_to(s, &rx, &p, &st);
 	close(rx.con);
 	print_message("# sender: %s\n", st.error);
 	assert_int_equal(err, -EIO);
@@ -489,21 +482,11 @@ static void test_in_doubt(void **state)
 	struct mig_params p;
 	struct mig_stats st;
 	struct hv_status hs;
-	struct chan *c;
-	pthread_t t;
-	int sv[2], err;
+	int err;
 
 	rx.con = memfd_create("dst-console", MFD_CLOEXEC);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv),
-			 0);
-	rx.fd = sv[1];
-	assert_int_equal(pthread_create(&t, NULL, rx_main, &rx), 0);
-	assert_int_equal(chan_from_fd(&c, sv[0], false), 0);
-	params(&p, sv[0]);
-	err = mig_send(&kvm_hv_ops, s->vm.d, c, &p, &st);
-	pthread_join(t, NULL);
-	chan_close(c);
-	close(sv[0]);
+	params(&p);
+	err = send_to(s, &rx, &p, &st);
 	print_message("# sender: %s\n", st.error);
 	assert_int_equal(err, -EINPROGRESS);
 	assert_int_equal(rx.err, 0); /* it runs there */
