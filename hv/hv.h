@@ -98,6 +98,12 @@ struct hv_status {
 	uint64_t hypercalls;
 };
 
+/* Output hooks (see hv_ops.net_tx_hook / disk_write_hook). */
+typedef int (*hv_net_tx_fn)(void *ctx, unsigned nic, const void *frame,
+			    size_t len);
+typedef int (*hv_disk_wr_fn)(void *ctx, unsigned disk, uint64_t off,
+			     const void *data, size_t len);
+
 struct hv_ops {
 	const char *name;
 
@@ -181,6 +187,38 @@ struct hv_ops {
 			 void *buf, size_t len);
 	int (*disk_write)(struct hv_domain *d, unsigned idx, uint64_t off,
 			  const void *buf, size_t len);
+
+	/*
+	 * Output hooks (optional: NULL when the backend lacks them), for
+	 * checkpointing: a protected guest's output must not leave the
+	 * host before the epoch that produced it commits on the backup
+	 * (netbuf/, diskrep/).
+	 *
+	 * net_tx_hook installs fn (NULL: removes it): while installed,
+	 * every frame the guest transmits on NIC `nic` goes to fn instead
+	 * of the NIC.  fn runs on a vCPU thread and returns 0 (taken: it
+	 * copied what it keeps) or -EAGAIN (no room: this frame and the
+	 * rest of the guest's batch are not sent and the guest is told to
+	 * retry later, guest ABI FT_EAGAIN; nothing is dropped).  When
+	 * net_tx_hook returns, the previous hook is not running and will
+	 * not be called again.  While the domain is paused no hook call
+	 * is in progress, so a pause is an exact boundary between frames.
+	 *
+	 * net_tx puts one frame on NIC `nic`'s host side (the TAP) now,
+	 * bypassing the hook: 0, or -EAGAIN when the host queue is full
+	 * (the frame is not sent; the caller keeps it), -errno otherwise.
+	 * Any thread.
+	 *
+	 * disk_write_hook likewise: fn sees every guest write to disk
+	 * `disk` (byte offset, data) before it reaches the image, on a
+	 * vCPU thread; 0: the write goes on; -EAGAIN: it is not done and
+	 * the guest retries later (FT_EAGAIN).  Same pause guarantee.
+	 */
+	int (*net_tx_hook)(struct hv_domain *d, hv_net_tx_fn fn, void *ctx);
+	int (*net_tx)(struct hv_domain *d, unsigned nic, const void *frame,
+		      size_t len);
+	int (*disk_write_hook)(struct hv_domain *d, hv_disk_wr_fn fn,
+			       void *ctx);
 };
 
 #define HV_THROTTLE_PERIOD_MS 10

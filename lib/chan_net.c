@@ -577,7 +577,13 @@ static int tls_readable(struct chan *c, int ms)
 	return SSL_pending(t->ssl) > 0 ? 1 : chan_fd_readable(t->fd, ms);
 }
 
+static void tls_shutdown(struct chan *c)
+{
+	shutdown(((struct chan_tls *)c)->fd, SHUT_RDWR);
+}
+
 static const struct chan_ops tls_ops = {
+	.shutdown = tls_shutdown,
 	.kind = "tls",
 	.writev = tls_writev,
 	.read = tls_read,

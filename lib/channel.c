@@ -159,7 +159,13 @@ static int fd_set_timeout(struct chan *c, unsigned ms)
 	return f->regular ? 0 : chan_sock_timeout(f->fd, ms);
 }
 
+static void fd_shutdown(struct chan *c)
+{
+	shutdown(((struct chan_fd *)c)->fd, SHUT_RDWR); /* ENOTSOCK: fine */
+}
+
 static const struct chan_ops fd_ops = {
+	.shutdown = fd_shutdown,
 	.kind = "fd",
 	.writev = fd_writev,
 	.read = fd_read,
@@ -453,6 +459,12 @@ int chan_flush(struct chan *c, bool sync)
 	if (err)
 		c->err = err;
 	return err;
+}
+
+void chan_shutdown(struct chan *c)
+{
+	if (c && c->ops->shutdown)
+		c->ops->shutdown(c);
 }
 
 int chan_close(struct chan *c)

@@ -47,6 +47,10 @@ struct chan_ops {
 	/* Optional: 1 once a read would find data, 0 if none came within
 	 * `ms` milliseconds (0: do not wait), or -errno. */
 	int (*readable)(struct chan *c, int ms);
+	/* Optional: from any thread, make every blocked and later read and
+	 * write on `c` fail at once (sockets: shutdown(2)); the channel
+	 * still has to be closed by its owner. */
+	void (*shutdown)(struct chan *c);
 	/* Release the backend's resources and free `c`.  Called once.
 	 * Return 0 or -errno (e.g. a failed close(2) of a written file). */
 	int (*close)(struct chan *c);
@@ -162,5 +166,10 @@ int chan_sock_timeout(int fd, unsigned ms);
  * was set, else the backend's close result.  `c` is freed either way.
  */
 int chan_close(struct chan *c);
+
+/* The one call that may come from another thread than the channel's
+ * user: make its blocked and later reads and writes fail promptly (a
+ * socket is shut down both ways).  A no-op for backends that cannot. */
+void chan_shutdown(struct chan *c);
 
 #endif /* CHANNEL_H */

@@ -55,8 +55,10 @@ static const struct rec_info {
 	 sizeof(struct ft_rec_vcpu_x86) + FT_XSAVE_MAX, false},
 	{REC_DEVICE, "DEVICE", sizeof(struct ft_rec_device),
 	 sizeof(struct ft_rec_device) + FT_DEVICE_BLOB_MAX, false},
-	{REC_CKPT_BEGIN, "CKPT_BEGIN", 0, FT_REC_BODY_MAX, true},
-	{REC_CKPT_END, "CKPT_END", 0, FT_REC_BODY_MAX, true},
+	{REC_CKPT_BEGIN, "CKPT_BEGIN", sizeof(struct ft_rec_ckpt_begin),
+	 sizeof(struct ft_rec_ckpt_begin), false},
+	{REC_CKPT_END, "CKPT_END", sizeof(struct ft_rec_ckpt_end),
+	 sizeof(struct ft_rec_ckpt_end), false},
 	{REC_DISK_WRITE, "DISK_WRITE", sizeof(struct ft_rec_disk_write),
 	 sizeof(struct ft_rec_disk_write) + FT_DISK_WRITE_MAX, false},
 	{REC_NOTE, "NOTE", 0, FT_NOTE_MAX, false},
@@ -245,6 +247,12 @@ int stream_write_recordv(struct stream_writer *w, uint32_t type,
 	w->stats.bytes += sizeof(h) + len + pad + 8;
 	if (type == REC_END)
 		w->state = SW_ENDED;
+	else if (type == REC_DISK_WRITE)
+		w->ep.disk_writes++;
+	else if (type == REC_VCPU_X86)
+		w->ep.vcpus++;
+	else if (type == REC_DEVICE)
+		w->ep.devices++;
 	return 0;
 }
 
@@ -611,6 +619,7 @@ static int write_batch(struct stream_writer *w, const uint64_t *pfns,
 	st.records++;
 	st.bytes += (uint64_t)(p - rec);
 	w->stats = st;
+	w->ep.pages += n;
 	return 0;
 }
 
@@ -627,6 +636,48 @@ int stream_write_pages(struct stream_writer *w, const uint64_t *pfns,
 		pages += k;
 		n -= k;
 	}
+	return err;
+}
+
+int stream_write_ckpt_begin(struct stream_writer *w, uint64_t epoch)
+{
+	struct ft_rec_ckpt_begin b = {.epoch = epoch};
+	int err;
+
+	if (!(w->flags & FT_STREAM_F_CHECKPOINT) || w->ep_open) {
+		log_err("stream writer: CKPT_BEGIN %s",
+			w->ep_open ? "inside an epoch"
+				   : "in a stream without FT_STREAM_F_CHECKPOINT");
+		return -EINVAL;
+	}
+	err = stream_write_record(w, REC_CKPT_BEGIN, &b, sizeof(b));
+	if (err)
+		return err;
+	memset(&w->ep, 0, sizeof(w->ep));
+	w->ep_open = true;
+	w->ep_epoch = epoch;
+	return 0;
+}
+
+int stream_write_ckpt_end(struct stream_writer *w)
+{
+	struct ft_rec_ckpt_end e;
+	int err;
+
+	if (!w->ep_open) {
+		log_err("stream writer: CKPT_END outside an epoch");
+		return -EINVAL;
+	}
+	e = (struct ft_rec_ckpt_end){
+		.epoch = w->ep_epoch,
+		.pages = w->ep.pages,
+		.disk_writes = w->ep.disk_writes,
+		.vcpus = w->ep.vcpus,
+		.devices = w->ep.devices,
+	};
+	err = stream_write_record(w, REC_CKPT_END, &e, sizeof(e));
+	if (!err)
+		w->ep_open = false;
 	return err;
 }
 
@@ -912,6 +963,130 @@ static int check_end(struct stream_reader *r, const struct stream_rec *rec)
 	return 0;
 }
 
+/* A checkpoint stream (FT_STREAM_F_CHECKPOINT, 1.2 on). */
+static bool ckpt_stream(const struct stream_reader *r)
+{
+	return r->hdr.flags & FT_STREAM_F_CHECKPOINT;
+}
+
+static int check_ckpt_begin(struct stream_reader *r,
+			    const struct stream_rec *rec)
+{
+	struct ft_rec_ckpt_begin b;
+
+	memcpy(&b, rec->body, sizeof(b));
+	if (!ckpt_stream(r) || r->hdr.version_minor < FT_STREAM_MINOR_CKPT)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "checkpoint record in a stream "
+				       "without checkpoints (version %u.%u, "
+				       "flags 0x%x)",
+				       r->hdr.version_major,
+				       r->hdr.version_minor, r->hdr.flags);
+	if (b.reserved)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "reserved field not zero (0x%llx)",
+				       (unsigned long long)b.reserved);
+	if (r->in_epoch)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "epoch %llu begins inside epoch %llu",
+				       (unsigned long long)b.epoch,
+				       (unsigned long long)r->epoch);
+	if (r->any_epoch && b.epoch != r->epoch + 1)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "epoch %llu follows epoch %llu",
+				       (unsigned long long)b.epoch,
+				       (unsigned long long)r->epoch);
+	r->in_epoch = r->any_epoch = true;
+	r->epoch = b.epoch;
+	r->vcpus_seen = 0;
+	memset(&r->ep, 0, sizeof(r->ep));
+	return 0;
+}
+
+static int check_end(struct stream_reader *r, const struct stream_rec *rec);
+
+static int check_ckpt_end(struct stream_reader *r, const struct stream_rec *rec)
+{
+	struct ft_rec_ckpt_end e;
+	int err;
+
+	memcpy(&e, rec->body, sizeof(e));
+	if (!r->in_epoch)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "CKPT_END outside an epoch");
+	if (e.epoch != r->epoch)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "ends epoch %llu inside epoch %llu",
+				       (unsigned long long)e.epoch,
+				       (unsigned long long)r->epoch);
+	if (e.reserved)
+		return stream_rec_fail(r, rec, -EINVAL,
+				       "reserved field not zero (0x%llx)",
+				       (unsigned long long)e.reserved);
+	if (e.pages != r->ep.pages || e.disk_writes != r->ep.disk_writes ||
+	    e.vcpus != r->ep.vcpus || e.devices != r->ep.devices)
+		return stream_rec_fail(
+			r, rec, -EINVAL,
+			"epoch %llu declares %u pages, %u disk writes, %u "
+			"vCPUs, %u devices but carried %u, %u, %u, %u",
+			(unsigned long long)e.epoch, e.pages, e.disk_writes,
+			e.vcpus, e.devices, r->ep.pages, r->ep.disk_writes,
+			r->ep.vcpus, r->ep.devices);
+	err = check_end(r, rec); /* every vCPU, once */
+	if (!err)
+		r->in_epoch = false;
+	return err;
+}
+
+/* Checkpoint streams: where a record may stand, and what it adds to the
+ * epoch's counts. */
+static int check_in_epoch(struct stream_reader *r, const struct stream_rec *rec)
+{
+	switch (rec->type) {
+	case REC_PAGE_BATCH: {
+		struct ft_rec_page_batch b;
+
+		/* The count is checked against the length when decoded. */
+		memcpy(&b, rec->body, sizeof(b));
+		if (r->in_epoch)
+			r->ep.pages += b.count;
+		return 0;
+	}
+	case REC_DISK_WRITE: {
+		struct ft_rec_disk_write d;
+		uint64_t want = r->in_epoch ? r->epoch : 0;
+
+		memcpy(&d, rec->body, sizeof(d));
+		if (d.epoch != want)
+			return stream_rec_fail(
+				r, rec, -EINVAL, "epoch %llu, expected %llu",
+				(unsigned long long)d.epoch,
+				(unsigned long long)want);
+		if (r->in_epoch)
+			r->ep.disk_writes++;
+		return 0;
+	}
+	case REC_VCPU_X86:
+	case REC_DEVICE:
+		if (!r->in_epoch)
+			return stream_rec_fail(r, rec, -EINVAL,
+					       "outside a checkpoint epoch");
+		if (rec->type == REC_VCPU_X86)
+			r->ep.vcpus++;
+		else
+			r->ep.devices++;
+		return 0;
+	case REC_END:
+		if (r->in_epoch)
+			return stream_rec_fail(r, rec, -EINVAL,
+					       "stream ends inside epoch %llu",
+					       (unsigned long long)r->epoch);
+		return 0;
+	default:
+		return 0;
+	}
+}
+
 /*
  * Read one record: framing, checksum and padding, before anything about
  * it is believed beyond the length cap of its type.
@@ -1038,6 +1213,11 @@ int stream_next(struct stream_reader *r, struct stream_rec *rec)
 		r->stats.skipped++; /* unknown optional */
 	}
 
+	if (ckpt_stream(r)) {
+		err = check_in_epoch(r, rec);
+		if (err)
+			return err;
+	}
 	switch (rec->type) {
 	case REC_DOMAIN:
 		if (r->state != SR_DOMAIN)
@@ -1055,10 +1235,16 @@ int stream_next(struct stream_reader *r, struct stream_rec *rec)
 	case REC_DEVICE:
 		return check_device(r, rec);
 	case REC_END:
-		err = check_end(r, rec);
+		/* A checkpoint stream checked its vCPUs per epoch. */
+		err = ckpt_stream(r) ? 0 : check_end(r, rec);
 		if (!err)
 			r->state = SR_ENDED;
 		return err;
+	case REC_CKPT_BEGIN:
+		return check_ckpt_begin(r, rec);
+	case REC_CKPT_END:
+		return ckpt_stream(r) ? check_ckpt_end(r, rec)
+				      : check_ckpt_begin(r, rec); /* refuses */
 	default: /* PAGE_BATCH, NOTE: contents checked by their users */
 		return 0;
 	}

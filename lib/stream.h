@@ -109,6 +109,11 @@ struct stream_writer {
 	unsigned char *scratch;	  /* LZ4 output competing with XOR */
 	struct pagecache *cache;  /* the caller's, or NULL */
 	uint64_t link_rate;	  /* bytes/s, for STREAM_COMP_AUTO */
+	struct stream_ckpt_count {
+		uint32_t pages, disk_writes, vcpus, devices;
+	} ep;		  /* records of the open epoch */
+	bool ep_open;	  /* between CKPT_BEGIN and CKPT_END */
+	uint64_t ep_epoch;
 	struct {
 		uint32_t tries;	  /* LZ4 tries in the window or probe */
 		uint32_t rest;	  /* candidate pages left without LZ4 */
@@ -187,6 +192,16 @@ int stream_write_pages(struct stream_writer *w, const uint64_t *pfns,
  * for every page of a save or migration round. */
 bool stream_page_is_zero(const void *page);
 
+/*
+ * Checkpoint epochs (FT_STREAM_F_CHECKPOINT writers): CKPT_BEGIN opens
+ * epoch `epoch`; CKPT_END closes it with the counts of the pages, disk
+ * writes, vCPUs and devices written meanwhile, which the writer keeps.
+ * -EINVAL for a writer without the flag, a BEGIN inside an epoch or an
+ * END outside one.
+ */
+int stream_write_ckpt_begin(struct stream_writer *w, uint64_t epoch);
+int stream_write_ckpt_end(struct stream_writer *w);
+
 /* Write END and flush the channel (without fsync). */
 int stream_write_end(struct stream_writer *w);
 
@@ -207,7 +222,11 @@ struct stream_reader {
 	struct chan *chan;
 	enum { SR_NEW, SR_DOMAIN, SR_BODY, SR_ENDED } state;
 	uint64_t domain_index; /* record number of DOMAIN */
-	uint64_t vcpus_seen;   /* bit i: vCPU i was sent */
+	uint64_t vcpus_seen;   /* bit i: vCPU i was sent (in this epoch) */
+	bool in_epoch;	       /* checkpoint: inside CKPT_BEGIN..CKPT_END */
+	bool any_epoch;	       /* an epoch has begun */
+	uint64_t epoch;	       /* the last CKPT_BEGIN's */
+	struct stream_ckpt_count ep; /* records of the epoch so far */
 	unsigned char *buf;    /* current record, framed */
 	size_t buf_size;
 	unsigned char *page; /* LZ4 or XOR output */
@@ -236,6 +255,10 @@ int stream_read_header(struct stream_reader *r, struct ft_stream_hdr *out);
 
 /*
  * Read the next record into *rec, skipping unknown optional records.
+ * In a checkpoint stream it also enforces the epoch structure
+ * (stream_wire.h): BEGIN/END pairing and numbering, END's counts, every
+ * vCPU once per epoch, VCPU_X86 and DEVICE only inside epochs, each
+ * DISK_WRITE's epoch (the open one, or 0 outside epochs).
  * rec->body stays valid until the next call or stream_reader_fini.
  * Returns REC_END last; calling it again then is an error (use
  * stream_expect_eof to check a file ends there).

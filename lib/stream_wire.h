@@ -21,9 +21,11 @@
 /* "FTSTx64\n": ftengine stream, x86-64 guest. */
 #define FT_STREAM_MAGIC 0x0a34367854535446ULL
 #define FT_STREAM_VERSION_MAJOR 1
-#define FT_STREAM_VERSION_MINOR 1
+#define FT_STREAM_VERSION_MINOR 2
 /* The first minor version with FT_PAGE_XOR pages (a 1.0 stream has none). */
 #define FT_STREAM_MINOR_XOR 1
+/* The first with CKPT_BEGIN / CKPT_END (checkpoint epochs). */
+#define FT_STREAM_MINOR_CKPT 2
 
 /* The only page size of version 1. */
 #define FT_PAGE_SHIFT 12
@@ -31,7 +33,7 @@
 
 /* header.flags */
 #define FT_STREAM_F_LIVE       0x1u /* sender keeps the VM running (migration) */
-#define FT_STREAM_F_CHECKPOINT 0x2u /* the VM is checkpointed (informational)   */
+#define FT_STREAM_F_CHECKPOINT 0x2u /* checkpoint epochs follow (Remus)          */
 #define FT_STREAM_F_KNOWN      (FT_STREAM_F_LIVE | FT_STREAM_F_CHECKPOINT)
 
 struct ft_stream_hdr {
@@ -62,8 +64,8 @@ enum ft_rec_type {
 	REC_PAGE_BATCH   = 0x02, /* ft_rec_page_batch + descs + page data     */
 	REC_VCPU_X86     = 0x03, /* ft_rec_vcpu_x86 + xsave bytes             */
 	REC_DEVICE       = 0x04, /* ft_rec_device + blob                      */
-	REC_CKPT_BEGIN   = 0x05, /* reserved: checkpoint epoch begins         */
-	REC_CKPT_END     = 0x06, /* reserved: checkpoint epoch ends           */
+	REC_CKPT_BEGIN   = 0x05, /* ft_rec_ckpt_begin: an epoch begins (1.2)  */
+	REC_CKPT_END     = 0x06, /* ft_rec_ckpt_end: the epoch is complete    */
 	REC_DISK_WRITE   = 0x07, /* ft_rec_disk_write [+ data]: disk contents */
 };
 /* Optional types are macros: ISO C limits enumerators to int. */
@@ -176,5 +178,34 @@ _Static_assert(sizeof(struct ft_rec_disk_write) == 32, "ft_rec_disk_write");
 #define FT_DISK_SECTOR 512u
 #define FT_DISK_WRITE_MAX (1u << 20)
 #define FT_MAX_DISKS 16
+
+/*
+ * Checkpoint epochs (from version 1.2, only with FT_STREAM_F_CHECKPOINT):
+ *
+ *   stream := header DOMAIN precopy* (epoch)* END
+ *   epoch  := CKPT_BEGIN (PAGE_BATCH | DISK_WRITE | VCPU_X86 | DEVICE)*
+ *             CKPT_END
+ *
+ * The records of an epoch are the changes since the previous epoch (the
+ * first: since the pre-copy); a receiver applies an epoch only when its
+ * CKPT_END arrives and checks out, all at once, and discards a partial
+ * one.  Each epoch carries every vCPU once and its devices; its
+ * DISK_WRITE records carry its number.  Epoch numbers rise by one.
+ */
+struct ft_rec_ckpt_begin {
+	uint64_t epoch;
+	uint64_t reserved; /* 0 */
+};
+_Static_assert(sizeof(struct ft_rec_ckpt_begin) == 16, "ft_rec_ckpt_begin");
+
+struct ft_rec_ckpt_end {
+	uint64_t epoch;	       /* as in its CKPT_BEGIN */
+	uint32_t pages;	       /* page frames in the epoch's PAGE_BATCHes */
+	uint32_t disk_writes;  /* DISK_WRITE records */
+	uint32_t vcpus;	       /* VCPU_X86 records (the domain's nr_vcpus) */
+	uint32_t devices;      /* DEVICE records */
+	uint64_t reserved;     /* 0 */
+};
+_Static_assert(sizeof(struct ft_rec_ckpt_end) == 32, "ft_rec_ckpt_end");
 
 #endif /* STREAM_WIRE_H */

@@ -126,7 +126,8 @@ struct mig_sender {
 	struct chan *c;
 	const struct mig_params *p;
 	struct mig_stats *st;
-	struct stream_writer w;
+	struct stream_writer *w; /* own_w, or the caller's (mig_presync) */
+	struct stream_writer own_w;
 	uint64_t nr_pfns;
 	uint64_t *bitmap; /* the dirty pages to send next */
 	struct mig_disk disk[FT_MAX_DISKS];
@@ -254,7 +255,7 @@ static void feed_link_rate(struct mig_sender *s, const struct mig_round_stats *r
 
 	if (s->rate && (!rate || s->rate < rate))
 		rate = s->rate;
-	stream_writer_set_link_rate(&s->w, rate);
+	stream_writer_set_link_rate(s->w, rate);
 }
 
 /* Report progress if the last report is PROGRESS_NS old (or `force`);
@@ -357,7 +358,7 @@ static int send_batch(struct mig_sender *s, const uint64_t *pfns, unsigned n,
 		selp[k++] = ptrs[i];
 	}
 	t0 = now_ns();
-	err = k ? stream_write_pages(&s->w, sel, selp, k) : 0;
+	err = k ? stream_write_pages(s->w, sel, selp, k) : 0;
 	s->ops->unmap(s->d, ptrs, n);
 	r->pages += k;
 	account(s, r, out0, t0);
@@ -445,7 +446,7 @@ static int send_block(struct mig_sender *s, unsigned idx, uint64_t b,
 		return 0;
 	}
 	t0 = now_ns();
-	err = stream_write_disk(&s->w, idx, off, len, zero ? NULL : s->block,
+	err = stream_write_disk(s->w, idx, off, len, zero ? NULL : s->block,
 				0);
 	r->disk_blocks++;
 	account(s, r, out0, t0);
@@ -612,7 +613,7 @@ static int live_rounds(struct mig_sender *s)
 				return err;
 			}
 			s->have_cache = true;
-			stream_writer_set_cache(&s->w, &s->cache);
+			stream_writer_set_cache(s->w, &s->cache);
 		}
 		st->decision = p->policy(p->policy_ctx, p, st);
 		log_info("migration: round %u: %llu pages (%llu zero), %llu "
@@ -678,7 +679,7 @@ static int sync_receiver(struct mig_sender *s)
 	uint64_t seq = htole64(s->st->rounds), t0 = now_ns();
 	int rerr, err;
 
-	err = stream_write_record(&s->w, REC_SYNC, &seq, sizeof(seq));
+	err = stream_write_record(s->w, REC_SYNC, &seq, sizeof(seq));
 	if (!err)
 		err = chan_flush(s->c, false);
 	if (!err)
@@ -758,12 +759,12 @@ static int stop_and_copy(struct mig_sender *s, const struct hv_dom_info *info,
 	for (unsigned v = 0; !err && v < info->nr_vcpus; v++) {
 		err = s->ops->vcpu_save(s->d, v, vs);
 		if (!err)
-			err = stream_write_vcpu(&s->w, v, vs);
+			err = stream_write_vcpu(s->w, v, vs);
 	}
 	if (!err)
-		err = s->ops->dev_save(s->d, send_device, &s->w);
+		err = s->ops->dev_save(s->d, send_device, s->w);
 	if (!err)
-		err = stream_write_end(&s->w);
+		err = stream_write_end(s->w);
 	if (!err)
 		err = chan_flush(s->c, false);
 	s->st->pages += fin.pages;
@@ -836,6 +837,7 @@ int mig_send(const struct hv_ops *ops, struct hv_domain *d, struct chan *c,
 	bool paused = false, logging = false;
 	int err, err2;
 
+	s.w = &s.own_w;
 	params_resolve(&p, params);
 	memset(st, 0, sizeof(*st));
 	s.t0 = s.last_ns = now_ns();
@@ -854,7 +856,7 @@ int mig_send(const struct hv_ops *ops, struct hv_domain *d, struct chan *c,
 	vs = malloc(sizeof(*vs));
 	err = vs ? sender_init(&s, &info) : -ENOMEM;
 	if (!err)
-		err = stream_writer_init(&s.w, c, FT_STREAM_F_LIVE,
+		err = stream_writer_init(s.w, c, FT_STREAM_F_LIVE,
 					 (enum stream_compress)p.compress);
 	if (err)
 		goto out_log;
@@ -864,9 +866,9 @@ int mig_send(const struct hv_ops *ops, struct hv_domain *d, struct chan *c,
 	if (err)
 		goto out_fini;
 	logging = true;
-	err = stream_write_header(&s.w);
+	err = stream_write_header(s.w);
 	if (!err)
-		err = stream_write_domain(&s.w, info.mem_size, info.nr_vcpus);
+		err = stream_write_domain(s.w, info.mem_size, info.nr_vcpus);
 	if (!err)
 		err = live_rounds(&s);
 	if (!err && st->decision == MIG_ABORT) {
@@ -937,23 +939,88 @@ out_fini:
 	}
 	st->bytes = c->bytes_out - s.bytes0;
 	st->total_ns = now_ns() - s.t0;
-	st->pages_lz4 = s.w.stats.pages_lz4;
-	st->pages_xor = s.w.stats.pages_xor;
-	st->page_bytes = s.w.stats.lz4_bytes + s.w.stats.xor_bytes +
-			 s.w.stats.pages_raw * FT_PAGE_SIZE;
+	st->pages_lz4 = s.w->stats.pages_lz4;
+	st->pages_xor = s.w->stats.pages_xor;
+	st->page_bytes = s.w->stats.lz4_bytes + s.w->stats.xor_bytes +
+			 s.w->stats.pages_raw * FT_PAGE_SIZE;
 	if (s.have_cache) {
 		st->cache_hits = s.cache.stats.hits;
 		st->cache_misses = s.cache.stats.misses;
-		stream_writer_set_cache(&s.w, NULL);
+		stream_writer_set_cache(s.w, NULL);
 	}
-	if (s.w.chan)
-		stream_writer_fini(&s.w);
+	if (s.w->chan)
+		stream_writer_fini(s.w);
 	sender_fini(&s);
 	free(vs);
 	return err;
 out_log:
 	set_error(st, "%s", strerror(-err));
 	goto out_fini;
+}
+
+int mig_presync(const struct hv_ops *ops, struct hv_domain *d, struct chan *c,
+		struct stream_writer *w, const struct mig_params *params,
+		struct mig_stats *st, uint64_t *pending,
+		uint64_t *const *disk_pending)
+{
+	struct mig_params p;
+	struct mig_sender s = { .ops = ops, .d = d, .c = c, .p = &p, .st = st,
+				.w = w };
+	struct hv_dom_info info;
+	int err;
+
+	params_resolve(&p, params);
+	memset(st, 0, sizeof(*st));
+	s.t0 = s.last_ns = now_ns();
+	s.bytes0 = c->bytes_out;
+	err = ops->info(d, &info);
+	if (!err)
+		err = sender_init(&s, &info);
+	if (!err)
+		err = chan_set_timeout(c, p.timeout_ms);
+	if (!err)
+		err = ops->dirty_log(d, true);
+	if (err) {
+		set_error(st, "%s", strerror(-err));
+		sender_fini(&s);
+		return err;
+	}
+	err = live_rounds(&s);
+	if (!err && st->decision == MIG_ABORT) {
+		set_error(st, "aborted after %u rounds: the guest dirties "
+			  "memory faster than the link sends it (dirty set "
+			  "%llu pages, not shrinking)",
+			  st->rounds,
+			  (unsigned long long)st->round[st->rounds - 1].dirty);
+		err = -ECANCELED;
+	}
+	if (!err)
+		err = sync_receiver(&s);
+	if (err && !st->error[0]) {
+		const char *why = chan_error_text(err);
+
+		set_error(st, "%s after %u rounds",
+			  why ? why : strerror(-err), st->rounds);
+	}
+	if (err) {
+		log_err("initial synchronisation failed: %s", st->error);
+		ops->dirty_log(d, false);
+	} else {
+		memcpy(pending, s.bitmap,
+		       (s.nr_pfns + 63) / 64 * sizeof(uint64_t));
+		for (unsigned i = 0; i < s.nr_disks; i++)
+			memcpy(disk_pending[i], s.disk[i].bitmap,
+			       (s.disk[i].nr_blocks + 63) / 64 *
+				       sizeof(uint64_t));
+	}
+	if (s.throttle && ops->throttle(d, 0))
+		log_err("initial synchronisation: cannot end the throttle");
+	st->bytes = c->bytes_out - s.bytes0;
+	st->total_ns = now_ns() - s.t0;
+	if (s.have_cache)
+		stream_writer_set_cache(w, NULL);
+	sender_fini(&s);
+	return err;
 }
 
 /* SYNC: everything before it is applied; say so. */

@@ -192,6 +192,25 @@ enum mig_decision mig_default_policy(void *ctx, const struct mig_params *p,
 int mig_send(const struct hv_ops *ops, struct hv_domain *d, struct chan *c,
 	     const struct mig_params *p, struct mig_stats *st);
 
+struct stream_writer;
+
+/*
+ * The initial synchronisation of checkpointing (checkpoint/): the live
+ * rounds of a pre-copy of the running domain `d` through the caller's
+ * writer `w` on `c` (header and DOMAIN already written), with dirty
+ * logging turned on here, until the policy says stop and copy; then a
+ * SYNC barrier.  On success the guest runs unthrottled with dirty
+ * logging still on (the caller's to turn off), and pending[] (one bit per
+ * page frame) and disk_pending[i] (one per HV_DISK_BLOCK of disk i, for
+ * each disk ops->disk_info knows) hold what was dirtied since the last
+ * round: the caller sends it in its first epoch.  On failure (-errno,
+ * st->error) logging is off and the guest runs unthrottled.
+ */
+int mig_presync(const struct hv_ops *ops, struct hv_domain *d, struct chan *c,
+		struct stream_writer *w, const struct mig_params *p,
+		struct mig_stats *st, uint64_t *pending,
+		uint64_t *const *disk_pending);
+
 /* Called by mig_recv on GO with the built, paused domain: start it
  * (unpause, announce the NIC).  Return 0 or -errno. */
 typedef int (*mig_start_fn)(void *ctx, struct hv_domain *d);

@@ -50,7 +50,7 @@ bad flip-header -- 'header.*checksum mismatch'
 bad oversize -- '\(PAGE_BATCH\) at offset [0-9]+: length 4294967280 exceeds the limit'
 bad pfn -- '\(PAGE_BATCH\).*page 0 pfn 0x10000000000 beyond guest'
 bad insert 0x1234 -- 'type 0x00001234.*unknown mandatory record'
-bad insert 5 -- 'reserved record \(CKPT_BEGIN\)'
+bad insert 5 -- '\(CKPT_BEGIN\) at offset [0-9]+: length 8 below the minimum 16'
 bad padding -- '\(NOTE\).*padding byte [0-9]+ is 0x01, not zero'
 bad device-version -- 'clock state version 99' backend
 bad vcpu-reserved -- '\(VCPU_X86\).*reserved'

@@ -945,13 +945,13 @@ static void test_bad_header(void **state)
 	raw_header_ex(&b, FT_STREAM_MAGIC, 2, 0, 12, 0, 0);
 	expect_reject("major", &b, -EPROTONOSUPPORT,
 		      "header: version 2.0 not supported (this reader reads "
-		      "1.0 to 1.1)");
+		      "1.0 to 1.2)");
 	buf_free(&b);
 
-	raw_header_ex(&b, FT_STREAM_MAGIC, 1, 2, 12, 0, 0);
+	raw_header_ex(&b, FT_STREAM_MAGIC, 1, 3, 12, 0, 0);
 	expect_reject("minor", &b, -EPROTONOSUPPORT,
-		      "header: version 1.2 not supported (this reader reads "
-		      "1.0 to 1.1)");
+		      "header: version 1.3 not supported (this reader reads "
+		      "1.0 to 1.2)");
 	buf_free(&b);
 
 	raw_header_ex(&b, FT_STREAM_MAGIC, 1, 0, 13, 0, 0);
@@ -1071,26 +1071,21 @@ static void test_bad_framing(void **state)
 		      "mandatory record");
 	buf_free(&b);
 
-	static const uint32_t reserved[] = {REC_CKPT_BEGIN, REC_CKPT_END,
-					    0x80000006u};
-	static const char *const reserved_msg[] = {
-		"record #1 (CKPT_BEGIN) at offset 80: reserved record "
-		"(CKPT_BEGIN), not supported by a 1.1 reader",
-		"record #1 (CKPT_END) at offset 80: reserved record "
-		"(CKPT_END), not supported by a 1.1 reader",
-		"record #1 (type 0x80000006) at offset 80: reserved record "
-		"(CKPT_END), not supported by a 1.1 reader",
-	};
-	for (unsigned i = 0; i < 3; i++) {
-		char name[32];
-
-		raw_start(&b);
-		raw_rec(&b, reserved[i], NULL, 0);
-		raw_finish(&b);
-		snprintf(name, sizeof(name), "reserved-%08x", reserved[i]);
-		expect_reject(name, &b, -EOPNOTSUPP, reserved_msg[i]);
-		buf_free(&b);
-	}
+	/* Checkpoint records: their exact sizes, allocated types. */
+	raw_start(&b);
+	raw_rec(&b, REC_CKPT_BEGIN, NULL, 0);
+	raw_finish(&b);
+	expect_reject("ckpt-begin-empty", &b, -EINVAL,
+		      "record #1 (CKPT_BEGIN) at offset 80: length 0 below "
+		      "the minimum 16");
+	buf_free(&b);
+	raw_start(&b);
+	raw_rec(&b, 0x80000006u, junk, 8);
+	raw_finish(&b);
+	expect_reject("ckpt-end-optional", &b, -EINVAL,
+		      "record #1 (type 0x80000006) at offset 80: type "
+		      "0x80000006: CKPT_END is allocated as 0x00000006");
+	buf_free(&b);
 
 	raw_start(&b);
 	raw_rec(&b, 0x08, five, 5);
@@ -2315,6 +2310,223 @@ static void test_xor_api(void **state)
 
 /* ---- reader and writer API misuse, sticky errors, logging ---- */
 
+/* ---- checkpoint epochs (1.2) ---- */
+
+/* A 1.2 checkpoint stream's start: header, DOMAIN (one vCPU). */
+static void raw_ckpt_start(struct buf *b)
+{
+	raw_header_ex(b, FT_STREAM_MAGIC, 1, 2, 12,
+		      FT_STREAM_F_LIVE | FT_STREAM_F_CHECKPOINT, 0);
+	raw_domain(b, MEM_PAGES * PG, 1);
+}
+
+static void raw_begin(struct buf *b, uint64_t epoch)
+{
+	struct ft_rec_ckpt_begin r = {.epoch = epoch};
+
+	raw_rec(b, REC_CKPT_BEGIN, &r, sizeof(r));
+}
+
+static void raw_end(struct buf *b, uint64_t epoch, uint32_t pages,
+		    uint32_t disk, uint32_t vcpus, uint32_t devs)
+{
+	struct ft_rec_ckpt_end r = {.epoch = epoch, .pages = pages,
+				    .disk_writes = disk, .vcpus = vcpus,
+				    .devices = devs};
+
+	raw_rec(b, REC_CKPT_END, &r, sizeof(r));
+}
+
+static void raw_disk(struct buf *b, uint64_t epoch)
+{
+	unsigned char body[sizeof(struct ft_rec_disk_write) + 512] = {0};
+	struct ft_rec_disk_write h = {.len = 512, .epoch = epoch};
+
+	memcpy(body, &h, sizeof(h));
+	raw_rec(b, REC_DISK_WRITE, body, sizeof(body));
+}
+
+static void test_ckpt(void **state)
+{
+	static unsigned char page[PG];
+	struct hv_vcpu_state *vs = calloc(1, sizeof(*vs));
+	unsigned char data[512];
+	void *pages[2] = {page, page};
+	uint64_t pfns[2] = {3, 7};
+	struct stream_writer w;
+	struct sink *s = sink_new();
+	struct buf b = {0};
+	struct chan *c;
+
+	assert_non_null(vs);
+	vs->rip = 0x100000;
+	vs->rflags = 2;
+	memset(page, 0x5a, sizeof(page));
+	memset(data, 0xa5, sizeof(data));
+
+	/* A writer without the flag refuses epochs. */
+	writer_open(&w, &c, STREAM_COMP_NONE);
+	assert_int_equal(stream_write_ckpt_begin(&w, 1), -EINVAL);
+	assert_int_equal(stream_write_ckpt_end(&w), -EINVAL);
+	stream_writer_fini(&w);
+	chan_close(c);
+
+	/* Pre-copy, epochs 5 and 6, END: the writer counts, the reader
+	 * agrees. */
+	assert_int_equal(chan_open_mem(&c, NULL, 0, 64u << 20), 0);
+	assert_int_equal(stream_writer_init(&w, c,
+					    FT_STREAM_F_LIVE |
+						    FT_STREAM_F_CHECKPOINT,
+					    STREAM_COMP_NONE),
+			 0);
+	assert_int_equal(stream_write_header(&w), 0);
+	assert_int_equal(stream_write_domain(&w, MEM_PAGES * PG, 1), 0);
+	assert_int_equal(stream_write_pages(&w, pfns, pages, 2), 0);
+	assert_int_equal(stream_write_disk(&w, 0, 0, 512, data, 0), 0);
+	assert_int_equal(stream_write_ckpt_end(&w), -EINVAL);
+	assert_int_equal(stream_write_ckpt_begin(&w, 5), 0);
+	assert_int_equal(stream_write_ckpt_begin(&w, 6), -EINVAL);
+	assert_int_equal(stream_write_pages(&w, pfns, pages, 2), 0);
+	assert_int_equal(stream_write_disk(&w, 0, 512, 512, data, 5), 0);
+	assert_int_equal(stream_write_vcpu(&w, 0, vs), 0);
+	assert_int_equal(stream_write_ckpt_end(&w), 0);
+	assert_int_equal(stream_write_ckpt_begin(&w, 6), 0);
+	assert_int_equal(stream_write_vcpu(&w, 0, vs), 0);
+	assert_int_equal(stream_write_ckpt_end(&w), 0);
+	assert_int_equal(stream_write_end(&w), 0);
+	writer_close(&w, c, &b);
+	dump_file("good-ckpt", "ftst", b.p, b.len);
+	assert_int_equal(read_stream(b.p, b.len, s), 0);
+	assert_int_equal(s->vcpus, 2);
+	assert_int_equal(s->disk_writes, 2);
+	buf_free(&b);
+
+	/* Each rule, broken once.  Offsets: header 40, DOMAIN 40, BEGIN
+	 * 32, VCPU_X86 528, DISK_WRITE 560, END-of-epoch 48. */
+	raw_header11(&b);
+	raw_domain(&b, MEM_PAGES * PG, 1);
+	raw_begin(&b, 1);
+	raw_finish(&b);
+	expect_reject("ckpt-not-ckpt", &b, -EINVAL,
+		      "record #1 (CKPT_BEGIN) at offset 80: checkpoint record "
+		      "in a stream without checkpoints (version 1.1, flags "
+		      "0x0)");
+	buf_free(&b);
+
+	raw_ckpt_start(&b);
+	raw_begin(&b, 1);
+	raw_begin(&b, 2);
+	expect_reject("ckpt-nested", &b, -EINVAL,
+		      "record #2 (CKPT_BEGIN) at offset 112: epoch 2 begins "
+		      "inside epoch 1");
+	buf_free(&b);
+
+	raw_ckpt_start(&b);
+	raw_begin(&b, 1);
+	raw_vcpu(&b, 0);
+	raw_end(&b, 1, 0, 0, 1, 0);
+	raw_begin(&b, 3);
+	expect_reject("ckpt-gap", &b, -EINVAL,
+		      "record #4 (CKPT_BEGIN) at offset 688: epoch 3 follows "
+		      "epoch 1");
+	buf_free(&b);
+
+	raw_ckpt_start(&b);
+	raw_end(&b, 1, 0, 0, 1, 0);
+	expect_reject("ckpt-end-outside", &b, -EINVAL,
+		      "record #1 (CKPT_END) at offset 80: CKPT_END outside an "
+		      "epoch");
+	buf_free(&b);
+
+	raw_ckpt_start(&b);
+	raw_begin(&b, 1);
+	raw_vcpu(&b, 0);
+	raw_end(&b, 2, 0, 0, 1, 0);
+	expect_reject("ckpt-end-other", &b, -EINVAL,
+		      "record #3 (CKPT_END) at offset 640: ends epoch 2 "
+		      "inside epoch 1");
+	buf_free(&b);
+
+	raw_ckpt_start(&b);
+	raw_begin(&b, 1);
+	raw_vcpu(&b, 0);
+	raw_end(&b, 1, 1, 0, 1, 0); /* one page too many */
+	expect_reject("ckpt-count", &b, -EINVAL,
+		      "record #3 (CKPT_END) at offset 640: epoch 1 declares 1 "
+		      "pages, 0 disk writes, 1 vCPUs, 0 devices but carried 0, "
+		      "0, 1, 0");
+	buf_free(&b);
+
+	raw_ckpt_start(&b);
+	raw_begin(&b, 1);
+	raw_end(&b, 1, 0, 0, 0, 0);
+	expect_reject("ckpt-no-vcpu", &b, -EINVAL,
+		      "record #2 (CKPT_END) at offset 112: vCPU 0 of 1 never "
+		      "sent");
+	buf_free(&b);
+
+	raw_ckpt_start(&b);
+	raw_vcpu(&b, 0);
+	expect_reject("ckpt-vcpu-outside", &b, -EINVAL,
+		      "record #1 (VCPU_X86) at offset 80: outside a checkpoint "
+		      "epoch");
+	buf_free(&b);
+
+	raw_ckpt_start(&b);
+	raw_begin(&b, 1);
+	raw_vcpu(&b, 0);
+	raw_vcpu(&b, 0);
+	expect_reject("ckpt-vcpu-twice", &b, -EINVAL,
+		      "record #3 (VCPU_X86) at offset 640: vCPU 0 sent twice");
+	buf_free(&b);
+
+	raw_ckpt_start(&b);
+	raw_begin(&b, 4);
+	raw_disk(&b, 3);
+	expect_reject("ckpt-disk-epoch", &b, -EINVAL,
+		      "record #2 (DISK_WRITE) at offset 112: epoch 3, expected "
+		      "4");
+	buf_free(&b);
+
+	raw_ckpt_start(&b);
+	raw_disk(&b, 1);
+	expect_reject("ckpt-disk-outside", &b, -EINVAL,
+		      "record #1 (DISK_WRITE) at offset 80: epoch 1, expected "
+		      "0");
+	buf_free(&b);
+
+	raw_ckpt_start(&b);
+	raw_begin(&b, 1);
+	raw_vcpu(&b, 0);
+	raw_rec(&b, REC_END, NULL, 0);
+	expect_reject("ckpt-truncated-epoch", &b, -EINVAL,
+		      "record #3 (END) at offset 640: stream ends inside epoch "
+		      "1");
+	buf_free(&b);
+
+	raw_ckpt_start(&b);
+	{
+		struct ft_rec_ckpt_begin r = {.epoch = 1, .reserved = 9};
+
+		raw_rec(&b, REC_CKPT_BEGIN, &r, sizeof(r));
+	}
+	expect_reject("ckpt-reserved", &b, -EINVAL,
+		      "record #1 (CKPT_BEGIN) at offset 80: reserved field not "
+		      "zero (0x9)");
+	buf_free(&b);
+
+	/* A stream cut inside an epoch: the reader says so (the receiver
+	 * discards the epoch). */
+	raw_ckpt_start(&b);
+	raw_begin(&b, 1);
+	raw_vcpu(&b, 0);
+	expect_reject("ckpt-cut", &b, -EPIPE,
+		      "record #3 at offset 640: stream ends without END");
+	buf_free(&b);
+	free(s);
+	free(vs);
+}
+
 static void test_reader_api(void **state)
 {
 	struct stream_reader r;
@@ -2548,6 +2760,7 @@ int main(void)
 		cmocka_unit_test(test_xor_torn),
 		cmocka_unit_test(test_bad_xor),
 		cmocka_unit_test(test_xor_api),
+		cmocka_unit_test(test_ckpt),
 		cmocka_unit_test(test_reader_api),
 		cmocka_unit_test(test_writer_api),
 	};
