@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * mailbox.h - how bench_dirty asks the bench guest to dirty pages.
+ * mailbox.h - how bench_dirty asks the bench guest to dirty pages (and
+ * test_netbuf asks it to send frames: `benchguest netsend`, where `first`
+ * is the first sequence number and `count` the number of frames).
  *
  * Benchmark-only, outside the guest ABI: the guest (`benchguest dirty`)
  * allocates a page for this structure, prints its address, and spins on
@@ -31,6 +33,8 @@ struct bench_mailbox {
 	uint64_t quit;  /* host: non-zero asks the guest to exit */
 	uint64_t done;  /* guest: seq of the last request completed */
 	uint64_t ns;    /* guest: its time for that request's writes */
+	uint64_t aux;   /* guest: per-mode result (netsend: FT_EAGAIN waits
+			 * so far) */
 };
 
 #endif /* BENCH_MAILBOX_H */

@@ -7,12 +7,16 @@
  *   ftvm run --image FILE [--mem SIZE] [--cmdline ARGS] [options]
  *   ftvm restore --from FILE [options]
  *   ftvm incoming --listen ADDR [TLS options] [options]
+ *   ftvm backup --listen ADDR [TLS options] [options]
  *   ftvm ctl --control SOCKET COMMAND [ARGS]
  *
  * Live migration runs on a worker thread (migrate/precopy.h) while the
  * event loop keeps serving the control socket: the source side from the
  * `migrate` command, the destination side in `ftvm incoming`.  The worker
  * reports to the loop through an ev_async; the loop owns every client.
+ * Checkpoint protection works the same way: the primary's worker runs
+ * ckpt_run from the `protect` command (checkpoint/ckpt.h), the backup's
+ * (`ftvm backup`) receives into a replica until `failover` starts it.
  *
  * Exit status: the guest's own status when it exits; 125 when ftvm itself
  * fails (bad arguments, unusable image or stream); 126 when the guest
@@ -32,12 +36,15 @@
 #include <sys/stat.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "chan_net.h"
+#include "checkpoint/ckpt.h"
 #include "channel.h"
 #include "cli.h"
 #include "kvm/kvm.h"
@@ -99,6 +106,51 @@ struct mig_job {
 	struct chan *chan; /* while receiving, for bytes_in */
 };
 
+/* Checkpoint protection of this VM (the primary), on a worker thread. */
+struct prot_job {
+	struct vm *vm;
+	pthread_t thread;
+	bool running; /* the worker exists: join it */
+	ev_async async;
+	struct ckpt *ck; /* while protected, syncing or holding output */
+	struct ckpt_params p;
+	char to[256];
+	struct mig_tls tls;
+	bool hold_on_loss; /* else continue unprotected */
+	pthread_mutex_t lock; /* the fields below */
+	struct chan *chan;
+	struct mig_progress prog;
+	bool prog_new, protected_ev, done;
+	int err;
+	char msg[320];
+	/* the protect command's client, until the first epoch commits */
+	struct ctl_client *client;
+	unsigned client_gen;
+	bool want_progress;
+	json_t *id;
+	uint64_t t0;
+};
+
+/* The backup's receiver (ftvm backup), on a worker thread. */
+struct backup_job {
+	struct vm *vm;
+	pthread_t thread;
+	bool running;
+	ev_async async;
+	int lfd, stop_efd;
+	struct mig_tls tls;
+	unsigned io_timeout_ms;
+	const struct kvm_cfg *cfg;
+	const char *disk, *disk_tmp;
+	bool auto_failover;
+	struct ckpt_replica rp;
+	pthread_mutex_t lock; /* the fields below */
+	struct chan *chan;
+	bool done, ended, lost;
+	uint64_t lost_ns;
+	char peer[300];
+};
+
 struct vm {
 	const struct hv_ops *ops;
 	struct hv_domain *dom;
@@ -112,10 +164,16 @@ struct vm {
 	bool paused;          /* paused by a control command */
 	bool in_doubt;        /* a migration left the VM paused: resolve */
 	bool incoming;        /* ftvm incoming, before the VM runs */
+	bool backup;          /* ftvm backup, before a failover */
+	bool fenced;          /* protection fenced the VM: paused for good */
+	const char *tap;      /* the NIC's TAP, for netbuf backends */
 	char listen_addr[300];
 	uint64_t started_ns;
 	struct mig_job mig;
 	json_t *last_mig;     /* the last migration's outcome, for status */
+	struct prot_job prot;
+	struct backup_job bk;
+	json_t *failover;     /* this copy took over: when, from which epoch */
 	struct ctl_client clients[CTL_CLIENTS_MAX];
 };
 
@@ -175,12 +233,18 @@ static json_t *mig_progress_json(const struct mig_progress *pr)
 			 "throttle", (int)pr->throttle);
 }
 
+static json_t *prot_status(struct vm *vm);
+static json_t *backup_status(struct vm *vm);
+static json_t *cmd_failover(struct vm *vm, json_t *req, struct ctl_client *cl);
+
 static json_t *cmd_status(struct vm *vm, json_t *req, struct ctl_client *cl)
 {
 	struct hv_status st;
 	struct hv_dom_info info;
 	json_t *rep;
 
+	if (vm->backup)
+		return backup_status(vm);
 	if (vm->incoming) {
 		pthread_mutex_lock(&vm->mig.lock);
 		rep = json_pack("{s:b, s:s, s:s, s:I}", "ok", 1, "state",
@@ -212,6 +276,16 @@ static json_t *cmd_status(struct vm *vm, json_t *req, struct ctl_client *cl)
 	}
 	if (vm->last_mig)
 		json_object_set(rep, "last_migration", vm->last_mig);
+	if (vm->prot.ck) {
+		json_t *p = prot_status(vm);
+
+		if (p)
+			json_object_set_new(rep, "protection", p);
+	}
+	if (vm->fenced)
+		json_object_set_new(rep, "state", json_string("fenced"));
+	if (vm->failover)
+		json_object_set(rep, "failover", vm->failover);
 	return rep;
 }
 
@@ -223,6 +297,9 @@ static json_t *busy(struct vm *vm)
 	if (vm->in_doubt)
 		return reply_err("a migration is in doubt: the VM may run on "
 				 "the destination; use \"resolve\" first");
+	if (vm->fenced)
+		return reply_err("the VM is fenced (its protection was lost "
+				 "and another copy may run): only \"quit\"");
 	return NULL;
 }
 
@@ -521,6 +598,36 @@ static bool req_bool(json_t *req, const char *key, bool *out)
 	return true;
 }
 
+/* The TLS members of a request ("ca", "cert", "key", "peer_name",
+ * "insecure") into *t; NULL, or the error reply. */
+static json_t *req_tls(json_t *req, const char *cmd, struct mig_tls *t)
+{
+	bool insecure = false;
+
+	memset(t, 0, sizeof(*t));
+	if (!req_bool(req, "insecure", &insecure))
+		return reply_err("\"insecure\" must be true or false");
+	if (!req_str(req, "ca", t->ca, sizeof(t->ca)) ||
+	    !req_str(req, "cert", t->cert, sizeof(t->cert)) ||
+	    !req_str(req, "key", t->key, sizeof(t->key)) ||
+	    !req_str(req, "peer_name", t->peer, sizeof(t->peer)))
+		return reply_err("\"ca\", \"cert\", \"key\" and \"peer_name\" "
+				 "must be strings");
+	if (!insecure && (!t->ca[0] || !t->cert[0] || !t->key[0]))
+		return reply_err("%s needs \"ca\", \"cert\" and \"key\" (TLS "
+				 "with certificates), or \"insecure\": true for "
+				 "plain TCP (benchmarks only)",
+				 cmd);
+	t->cfg = (struct chan_tls_cfg){
+		.ca_file = t->ca[0] ? t->ca : NULL,
+		.cert_file = t->cert[0] ? t->cert : NULL,
+		.key_file = t->key[0] ? t->key : NULL,
+		.peer_name = t->peer[0] ? t->peer : NULL,
+		.insecure = insecure,
+	};
+	return NULL;
+}
+
 static json_t *cmd_migrate(struct vm *vm, json_t *req, struct ctl_client *cl)
 {
 	struct mig_job *j = &vm->mig;
@@ -538,6 +645,9 @@ static json_t *cmd_migrate(struct vm *vm, json_t *req, struct ctl_client *cl)
 	if (vm->paused)
 		return reply_err("the VM is paused by a command; resume it "
 				 "first");
+	if (vm->prot.ck)
+		return reply_err("the VM is protected: \"unprotect\" it "
+				 "first");
 	memset(j->to, 0, sizeof(j->to));
 	memset(&j->tls, 0, sizeof(j->tls));
 	if (!req_str(req, "to", j->to, sizeof(j->to)) || !j->to[0])
@@ -549,13 +659,11 @@ static json_t *cmd_migrate(struct vm *vm, json_t *req, struct ctl_client *cl)
 				 "(0: unlimited)");
 	if (!req_uint(req, "timeout_ms", 600000, &timeout) || timeout < 100)
 		return reply_err("\"timeout_ms\" must be 100..600000");
-	if (!req_bool(req, "insecure", &insecure) ||
-	    !req_bool(req, "abort_if_busy", &abort_busy) ||
+	if (!req_bool(req, "abort_if_busy", &abort_busy) ||
 	    !req_bool(req, "auto_converge", &autoconv) ||
 	    !req_bool(req, "progress", &progress))
-		return reply_err("\"insecure\", \"abort_if_busy\", "
-				 "\"auto_converge\" and \"progress\" must be "
-				 "true or false");
+		return reply_err("\"abort_if_busy\", \"auto_converge\" and "
+				 "\"progress\" must be true or false");
 	if (!req_str(req, "compress", compress, sizeof(compress)) ||
 	    (strcmp(compress, "none") && strcmp(compress, "lz4") &&
 	     strcmp(compress, "auto")))
@@ -565,23 +673,10 @@ static json_t *cmd_migrate(struct vm *vm, json_t *req, struct ctl_client *cl)
 	    (xbzrle && xbzrle < 2 * 4096))
 		return reply_err("\"xbzrle_cache\" must be 0 (off) or 8192 .. "
 				 "64 GiB bytes");
-	if (!req_str(req, "ca", j->tls.ca, sizeof(j->tls.ca)) ||
-	    !req_str(req, "cert", j->tls.cert, sizeof(j->tls.cert)) ||
-	    !req_str(req, "key", j->tls.key, sizeof(j->tls.key)) ||
-	    !req_str(req, "peer_name", j->tls.peer, sizeof(j->tls.peer)))
-		return reply_err("\"ca\", \"cert\", \"key\" and \"peer_name\" "
-				 "must be strings");
-	if (!insecure && (!j->tls.ca[0] || !j->tls.cert[0] || !j->tls.key[0]))
-		return reply_err("migrate needs \"ca\", \"cert\" and \"key\" "
-				 "(TLS with certificates), or \"insecure\": "
-				 "true for plain TCP (benchmarks only)");
-	j->tls.cfg = (struct chan_tls_cfg){
-		.ca_file = j->tls.ca[0] ? j->tls.ca : NULL,
-		.cert_file = j->tls.cert[0] ? j->tls.cert : NULL,
-		.key_file = j->tls.key[0] ? j->tls.key : NULL,
-		.peer_name = j->tls.peer[0] ? j->tls.peer : NULL,
-		.insecure = insecure,
-	};
+	b = req_tls(req, "migrate", &j->tls);
+	if (b)
+		return b;
+	insecure = j->tls.cfg.insecure;
 	mig_params_init(&j->p);
 	j->p.downtime_ns = downtime * 1000000;
 	j->p.max_rate = bw;
@@ -648,6 +743,657 @@ static json_t *cmd_resolve(struct vm *vm, json_t *req, struct ctl_client *cl)
 	return json_pack("{s:b, s:s}", "ok", 1, "state", "running");
 }
 
+/* ---- checkpoint protection: backup ------------------------------------- */
+
+/* ckpt_recv's create: a new replica on a zeroed disk image. */
+static int bk_create(void *ctx, const struct hv_dom_info *info,
+		     struct hv_domain **out)
+{
+	struct backup_job *j = ctx;
+
+	if (j->disk_tmp && unlink(j->disk_tmp) < 0 && errno != ENOENT) {
+		log_err("%s: %s", j->disk_tmp, strerror(errno));
+		return -errno;
+	}
+	return j->vm->ops->create(info, j->cfg, out);
+}
+
+static void *bk_main(void *arg)
+{
+	struct backup_job *j = arg;
+	struct chan *c;
+	int err;
+
+	for (;;) {
+		struct pollfd pfd[2] = {{.fd = j->stop_efd, .events = POLLIN},
+					{.fd = j->lfd, .events = POLLIN}};
+
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (pfd[0].revents)
+			break;
+		/* A refused peer (certificate, plain TCP) is logged; the
+		 * right primary may still come. */
+		if (chan_net_accept(j->lfd, &j->tls.cfg, 5000, &c))
+			continue;
+		pthread_mutex_lock(&j->lock);
+		j->chan = c;
+		j->lost = false;
+		snprintf(j->peer, sizeof(j->peer), "%s", c->name);
+		pthread_mutex_unlock(&j->lock);
+		log_info("replication stream from %s", c->name);
+		err = ckpt_recv(j->vm->ops, c, j->io_timeout_ms, bk_create, j,
+				&j->rp);
+		pthread_mutex_lock(&j->lock);
+		j->chan = NULL;
+		if (!err)
+			j->ended = true;
+		else {
+			j->lost = true;
+			j->lost_ns = now_ns();
+		}
+		pthread_mutex_unlock(&j->lock);
+		chan_close(c);
+		ev_async_send(j->vm->loop, &j->async);
+		if (!err)
+			break;
+	}
+	pthread_mutex_lock(&j->lock);
+	j->done = true;
+	pthread_mutex_unlock(&j->lock);
+	ev_async_send(j->vm->loop, &j->async);
+	return NULL;
+}
+
+static int bk_start(struct vm *vm)
+{
+	struct backup_job *j = &vm->bk;
+	int err;
+
+	pthread_mutex_lock(&j->lock);
+	j->done = j->ended = false;
+	pthread_mutex_unlock(&j->lock);
+	err = -pthread_create(&j->thread, NULL, bk_main, j);
+	if (err) {
+		log_err("cannot start the backup's receiver: %s",
+			strerror(-err));
+		return err;
+	}
+	j->running = true;
+	return 0;
+}
+
+static void bk_join(struct backup_job *j)
+{
+	uint64_t one = 1;
+
+	if (!j->running)
+		return;
+	if (write(j->stop_efd, &one, sizeof(one)) < 0)
+		log_err("backup: stop: %s", strerror(errno));
+	pthread_mutex_lock(&j->lock);
+	chan_shutdown(j->chan);
+	pthread_mutex_unlock(&j->lock);
+	pthread_join(j->thread, NULL);
+	j->running = false;
+	if (read(j->stop_efd, &one, sizeof(one)) < 0)
+		log_warn("backup: stop: %s", strerror(errno));
+}
+
+/* Run the last committed epoch here.  Returns the reply. */
+static json_t *bk_failover(struct vm *vm, const char *why)
+{
+	struct backup_job *j = &vm->bk;
+	uint64_t t0 = now_ns(), lost_ns, epoch;
+	struct hv_domain *d;
+	bool complete;
+	int err;
+
+	pthread_mutex_lock(&j->rp.lock);
+	complete = j->rp.complete;
+	pthread_mutex_unlock(&j->rp.lock);
+	if (!complete)
+		return reply_err("no complete replica to fail over to (%s)",
+				 j->rp.d ? "the initial synchronisation has not "
+					   "finished"
+					 : "no primary has synchronised yet");
+	bk_join(j); /* a commit in progress finishes first */
+	pthread_mutex_lock(&j->rp.lock);
+	complete = j->rp.complete;
+	d = complete ? j->rp.d : NULL;
+	if (d)
+		j->rp.d = NULL;
+	epoch = j->rp.epoch;
+	pthread_mutex_unlock(&j->rp.lock);
+	if (!d) {
+		bk_start(vm);
+		return reply_err("the replica became unusable (%s); still "
+				 "waiting for a primary",
+				 j->rp.msg);
+	}
+	if (j->disk_tmp && rename(j->disk_tmp, j->disk) < 0) {
+		err = errno;
+		log_err("failover: disk %s: cannot rename to %s: %s",
+			j->disk_tmp, j->disk, strerror(err));
+		vm->ops->destroy(d);
+		vm_stop(vm, EXIT_VMM_ERROR);
+		return reply_err("failover failed: cannot put the disk image "
+				 "in place: %s",
+				 strerror(err));
+	}
+	vm->dom = d;
+	vm->backup = false;
+	close(j->lfd);
+	j->lfd = -1;
+	err = vm->ops->unpause(d);
+	if (err) {
+		vm_stop(vm, EXIT_VMM_ERROR);
+		return reply_err("failover failed: cannot start the VM: %s",
+				 strerror(-err));
+	}
+	kvm_net_announce(d); /* clients' switches learn the new place */
+	vm_watch(vm);
+	pthread_mutex_lock(&j->lock);
+	lost_ns = j->lost ? j->lost_ns : 0;
+	pthread_mutex_unlock(&j->lock);
+	json_decref(vm->failover);
+	vm->failover = json_pack("{s:s, s:I, s:f, s:f, s:s}", "role",
+				 "primary", "epoch", (json_int_t)epoch,
+				 "failover_ms", (double)(now_ns() - t0) / 1e6,
+				 "since_primary_lost_ms",
+				 lost_ns ? (double)(now_ns() - lost_ns) / 1e6
+					 : 0.0,
+				 "why", why);
+	log_info("FAILOVER (%s): the VM runs here from epoch %llu, started "
+		 "in %.1f ms",
+		 why, (unsigned long long)epoch,
+		 (double)(now_ns() - t0) / 1e6);
+	{
+		json_t *rep = json_deep_copy(vm->failover);
+
+		json_object_set_new(rep, "ok", json_true());
+		json_object_set_new(rep, "state", json_string("running"));
+		return rep;
+	}
+}
+
+static json_t *cmd_failover(struct vm *vm, json_t *req, struct ctl_client *cl)
+{
+	if (!vm->backup)
+		return reply_err("this VM is not a backup");
+	return bk_failover(vm, "asked");
+}
+
+static void bk_async_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+	struct vm *vm = w->data;
+	struct backup_job *j = &vm->bk;
+	bool done, ended, lost, complete;
+	uint64_t epoch;
+
+	if (!vm->backup)
+		return;
+	pthread_mutex_lock(&j->lock);
+	done = j->done;
+	ended = j->ended;
+	lost = j->lost;
+	pthread_mutex_unlock(&j->lock);
+	pthread_mutex_lock(&j->rp.lock);
+	complete = j->rp.complete;
+	epoch = j->rp.epoch;
+	pthread_mutex_unlock(&j->rp.lock);
+	if (ended && done) {
+		bk_join(j);
+		log_info("protection ended by the primary; the replica is "
+			 "dropped and this backup stops");
+		vm_stop(vm, 0);
+		return;
+	}
+	if (!lost)
+		return;
+	if (complete && j->auto_failover) {
+		json_decref(bk_failover(vm, "primary lost, --auto-failover"));
+		return;
+	}
+	log_err("PRIMARY LOST (%s); the replica stays at epoch %llu%s",
+		j->rp.msg, (unsigned long long)epoch,
+		complete ? ": \"failover\" runs it here" : " (incomplete)");
+}
+
+static json_t *backup_status(struct vm *vm)
+{
+	struct backup_job *j = &vm->bk;
+	struct ckpt_replica *rp = &j->rp;
+	const char *state;
+	bool connected, lost;
+	json_t *o;
+
+	pthread_mutex_lock(&j->lock);
+	connected = j->chan != NULL;
+	lost = j->lost;
+	pthread_mutex_unlock(&j->lock);
+	pthread_mutex_lock(&rp->lock);
+	state = connected ? (rp->complete ? "replica" : "syncing")
+		: lost	  ? (rp->complete ? "primary-lost" : "waiting")
+			  : "waiting";
+	o = json_pack("{s:b, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I}", "ok", 1,
+		      "state", "backup", "listen", vm->listen_addr, "replica",
+		      state, "epoch", (json_int_t)rp->epoch, "epochs",
+		      (json_int_t)rp->epochs, "streams",
+		      (json_int_t)rp->streams, "bytes_in",
+		      (json_int_t)rp->bytes, "discarded",
+		      (json_int_t)rp->discarded);
+	json_object_set_new(o, "complete", json_boolean(rp->complete));
+	json_object_set_new(o, "since_commit_ms",
+			    json_real(rp->commit_ns ? (double)(now_ns() -
+							       rp->commit_ns) /
+							      1e6
+						    : 0.0));
+	json_object_set_new(o, "apply_last_ms",
+			    json_real((double)rp->apply_last_ns / 1e6));
+	json_object_set_new(o, "apply_max_ms",
+			    json_real((double)rp->apply_max_ns / 1e6));
+	if (rp->msg[0])
+		json_object_set_new(o, "last_error", json_string(rp->msg));
+	pthread_mutex_unlock(&rp->lock);
+	pthread_mutex_lock(&j->lock);
+	if (j->peer[0])
+		json_object_set_new(o, "primary", json_string(j->peer));
+	pthread_mutex_unlock(&j->lock);
+	return o;
+}
+
+/* ---- checkpoint protection: primary ------------------------------------ */
+
+static int prot_event(void *ctx, enum ckpt_event ev,
+		      const struct mig_progress *pr)
+{
+	struct prot_job *j = ctx;
+
+	pthread_mutex_lock(&j->lock);
+	if (ev == CKPT_EV_SYNC) {
+		j->prog = *pr;
+		j->prog_new = true;
+	} else {
+		j->protected_ev = true;
+	}
+	pthread_mutex_unlock(&j->lock);
+	ev_async_send(j->vm->loop, &j->async);
+	return 0;
+}
+
+static void *prot_main(void *arg)
+{
+	struct prot_job *j = arg;
+	struct chan *c = NULL;
+	int err;
+
+	err = chan_net_connect(j->to, &j->tls.cfg, (int)j->p.timeout_ms, &c);
+	if (err) {
+		pthread_mutex_lock(&j->lock);
+		snprintf(j->msg, sizeof(j->msg),
+			 "cannot connect to the backup %.100s: %s", j->to,
+			 *log_last_err() ? log_last_err() : strerror(-err));
+		pthread_mutex_unlock(&j->lock);
+	} else {
+		pthread_mutex_lock(&j->lock);
+		j->chan = c;
+		pthread_mutex_unlock(&j->lock);
+		err = ckpt_run(j->ck, c);
+		pthread_mutex_lock(&j->lock);
+		j->chan = NULL;
+		pthread_mutex_unlock(&j->lock);
+		chan_close(c);
+	}
+	pthread_mutex_lock(&j->lock);
+	j->err = err;
+	j->done = true;
+	pthread_mutex_unlock(&j->lock);
+	ev_async_send(j->vm->loop, &j->async);
+	return NULL;
+}
+
+static struct ctl_client *prot_client(struct prot_job *j)
+{
+	struct ctl_client *cl = j->client;
+
+	return cl && cl->in_use && cl->gen == j->client_gen ? cl : NULL;
+}
+
+static void prot_reply(struct prot_job *j, json_t *rep)
+{
+	struct ctl_client *cl = prot_client(j);
+
+	if (j->id)
+		json_object_set(rep, "id", j->id);
+	json_decref(j->id);
+	j->id = NULL;
+	j->client = NULL;
+	if (cl) {
+		client_reply(cl, rep);
+		client_resume(cl);
+	} else {
+		json_decref(rep);
+	}
+}
+
+/* Stop the worker and wait for it (the loop blocks at most an ack
+ * timeout); with `now`, cut the connection instead of ending cleanly. */
+static void prot_join(struct prot_job *j, bool now)
+{
+	if (!j->running)
+		return;
+	if (now) {
+		pthread_mutex_lock(&j->lock);
+		chan_shutdown(j->chan);
+		pthread_mutex_unlock(&j->lock);
+	}
+	ckpt_stop(j->ck);
+	pthread_join(j->thread, NULL);
+	j->running = false;
+	pthread_mutex_lock(&j->lock);
+	j->done = j->protected_ev = j->prog_new = false;
+	pthread_mutex_unlock(&j->lock);
+	if (j->client) {
+		json_t *rep = reply_err("protection was stopped before it "
+					"began");
+
+		prot_reply(j, rep);
+	}
+}
+
+/* The loop's side of the protection worker. */
+static void prot_async_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+	struct vm *vm = w->data;
+	struct prot_job *j = &vm->prot;
+	struct ckpt_stats *st;
+	struct mig_progress pr;
+	bool prog_new, prot, done;
+	struct ctl_client *cl;
+	char msg[sizeof(j->msg)];
+	int err;
+
+	pthread_mutex_lock(&j->lock);
+	pr = j->prog;
+	prog_new = j->prog_new;
+	prot = j->protected_ev;
+	done = j->done;
+	err = j->err;
+	snprintf(msg, sizeof(msg), "%s", j->msg);
+	j->prog_new = j->protected_ev = j->done = false;
+	pthread_mutex_unlock(&j->lock);
+	if (!j->running)
+		return;
+	st = malloc(sizeof(*st));
+	if (!st)
+		return;
+	ckpt_get_stats(j->ck, st);
+	cl = prot_client(j);
+	if (prog_new && cl && j->want_progress && !prot && !done) {
+		json_t *ev = mig_progress_json(&pr);
+
+		json_object_set_new(ev, "event", json_string("progress"));
+		if (j->id)
+			json_object_set(ev, "id", j->id);
+		client_reply(cl, ev);
+	}
+	if (prot && j->client) {
+		json_t *rep = mig_summary(&st->sync);
+
+		json_object_set_new(rep, "state", json_string("protected"));
+		json_object_set_new(rep, "epoch",
+				    json_integer((json_int_t)st->epoch));
+		json_object_set_new(rep, "backup", json_string(j->to));
+		json_object_set_new(rep, "sync_ms",
+				    json_real((double)(now_ns() - j->t0) / 1e6));
+		prot_reply(j, rep);
+	}
+	if (!done)
+		goto out;
+	pthread_join(j->thread, NULL);
+	j->running = false;
+	if (!msg[0])
+		snprintf(msg, sizeof(msg), "%s", st->error);
+	if (!err) {
+		ckpt_close(j->ck);
+		j->ck = NULL;
+	} else if (j->client) {
+		/* The initial synchronisation failed. */
+		prot_reply(j, json_pack("{s:b, s:s, s:s}", "ok", 0, "error",
+					msg, "state",
+					ckpt_state_name(st->state)));
+		if (st->state == CKPT_IDLE) {
+			ckpt_close(j->ck);
+			j->ck = NULL;
+		}
+	} else if (!j->hold_on_loss) {
+		log_err("PROTECTION LOST: %s; continuing UNPROTECTED (on-loss "
+			"continue): the held output is released",
+			msg);
+		ckpt_close(j->ck);
+		j->ck = NULL;
+	} else {
+		log_err("PROTECTION LOST: %s; the VM's network output is HELD "
+			"(it stalls once the buffer is full) until \"protect\" "
+			"(resync), \"unprotect\" (run unprotected) or \"fence\"",
+			msg);
+	}
+out:
+	free(st);
+}
+
+static json_t *cmd_protect(struct vm *vm, json_t *req, struct ctl_client *cl)
+{
+	struct prot_job *j = &vm->prot;
+	uint64_t interval = CKPT_DEFAULT_INTERVAL_MS,
+		 timeout = CKPT_DEFAULT_TIMEOUT_MS, nbytes = 0;
+	char netbuf[16] = "in-process", on_loss[16] = "hold";
+	bool delta = true, progress = false;
+	enum netbuf_backend nb;
+	struct mig_tls tls;
+	json_t *b = busy(vm);
+	int err;
+
+	if (b)
+		return b;
+	if (j->running)
+		return reply_err("already protecting (to %s)", j->to);
+	if (vm->paused)
+		return reply_err("the VM is paused by a command; resume it "
+				 "first");
+	if (!req_str(req, "to", j->to, sizeof(j->to)) || !j->to[0])
+		return reply_err("protect needs \"to\": \"HOST:PORT\" (an "
+				 "`ftvm backup`)");
+	if (!req_uint(req, "interval_ms", CKPT_MAX_INTERVAL_MS, &interval) ||
+	    interval < CKPT_MIN_INTERVAL_MS)
+		return reply_err("\"interval_ms\" must be %u..%u",
+				 CKPT_MIN_INTERVAL_MS, CKPT_MAX_INTERVAL_MS);
+	if (!req_uint(req, "timeout_ms", 600000, &timeout) || timeout < 100)
+		return reply_err("\"timeout_ms\" must be 100..600000");
+	if (!req_uint(req, "netbuf_bytes", 1ULL << 30, &nbytes) ||
+	    (nbytes && nbytes < 65536))
+		return reply_err("\"netbuf_bytes\" must be 65536 .. 1 GiB (0: "
+				 "the default)");
+	if (!req_str(req, "netbuf", netbuf, sizeof(netbuf)) ||
+	    netbuf_backend_parse(netbuf, &nb))
+		return reply_err("\"netbuf\" must be \"in-process\", "
+				 "\"nfqueue\" or \"plug\"");
+	if (!req_str(req, "on_loss", on_loss, sizeof(on_loss)) ||
+	    (strcmp(on_loss, "hold") && strcmp(on_loss, "continue")))
+		return reply_err("\"on_loss\" must be \"hold\" or \"continue\"");
+	if (!req_bool(req, "delta", &delta) ||
+	    !req_bool(req, "progress", &progress))
+		return reply_err("\"delta\" and \"progress\" must be true or "
+				 "false");
+	b = req_tls(req, "protect", &tls);
+	if (b)
+		return b;
+	if (nb != NETBUF_INPROC && !vm->tap)
+		return reply_err("netbuf %s needs the VM's TAP (--net)", netbuf);
+	j->tls = tls;
+	j->tls.cfg.ca_file = tls.ca[0] ? j->tls.ca : NULL;
+	j->tls.cfg.cert_file = tls.cert[0] ? j->tls.cert : NULL;
+	j->tls.cfg.key_file = tls.key[0] ? j->tls.key : NULL;
+	j->tls.cfg.peer_name = tls.peer[0] ? j->tls.peer : NULL;
+	j->hold_on_loss = !strcmp(on_loss, "hold");
+	if (!j->ck) {
+		ckpt_params_init(&j->p);
+		j->p.interval_ms = (unsigned)interval;
+		j->p.timeout_ms = (unsigned)timeout;
+		j->p.no_delta = !delta;
+		j->p.netbuf.backend = nb;
+		j->p.netbuf.max_bytes = nbytes;
+		j->p.netbuf.ifname = vm->tap;
+		j->p.event = prot_event;
+		j->p.event_ctx = j;
+		err = ckpt_open(vm->ops, vm->dom, &j->p, &j->ck);
+		if (err)
+			return reply_err("cannot prepare protection: %s",
+					 strerror(-err));
+	}
+	pthread_mutex_lock(&j->lock);
+	j->done = j->protected_ev = j->prog_new = false;
+	j->msg[0] = 0;
+	pthread_mutex_unlock(&j->lock);
+	j->client = cl;
+	j->client_gen = cl->gen;
+	j->want_progress = progress;
+	j->id = json_incref(json_object_get(req, "id"));
+	j->t0 = now_ns();
+	err = -pthread_create(&j->thread, NULL, prot_main, j);
+	if (err) {
+		json_decref(j->id);
+		j->id = NULL;
+		j->client = NULL;
+		return reply_err("cannot start protection: %s",
+				 strerror(-err));
+	}
+	j->running = true;
+	log_info("protecting: backup %s, epochs every %llu ms%s", j->to,
+		 (unsigned long long)interval,
+		 tls.cfg.insecure ? " (insecure: plain TCP)" : "");
+	cl->waiting = true;
+	return NULL; /* the reply comes with the first committed epoch */
+}
+
+static json_t *cmd_unprotect(struct vm *vm, json_t *req,
+			     struct ctl_client *cl)
+{
+	struct prot_job *j = &vm->prot;
+	int err;
+
+	if (!j->ck)
+		return reply_err("the VM is not protected");
+	prot_join(j, false); /* END after the epoch in flight */
+	err = ckpt_unprotect(j->ck);
+	ckpt_close(j->ck);
+	j->ck = NULL;
+	log_warn("unprotected: the VM runs WITHOUT a backup now");
+	if (err)
+		return reply_err("unprotected, but releasing the held output "
+				 "failed: %s",
+				 strerror(-err));
+	return json_pack("{s:b, s:s}", "ok", 1, "state", "unprotected");
+}
+
+static json_t *cmd_fence(struct vm *vm, json_t *req, struct ctl_client *cl)
+{
+	struct prot_job *j = &vm->prot;
+
+	if (!j->ck)
+		return reply_err("the VM is not protected: nothing to fence");
+	prot_join(j, true);
+	ckpt_fence(j->ck);
+	ckpt_close(j->ck);
+	j->ck = NULL;
+	vm->fenced = true;
+	log_err("FENCED: held output discarded, the VM is paused for good "
+		"(another copy may run); quit this one");
+	return json_pack("{s:b, s:s}", "ok", 1, "state", "fenced");
+}
+
+static json_t *prot_status(struct vm *vm)
+{
+	struct prot_job *j = &vm->prot;
+	struct ckpt_stats *st = malloc(sizeof(*st));
+	json_t *o;
+
+	if (!st)
+		return NULL;
+	ckpt_get_stats(j->ck, st);
+	o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:i}", "role", "primary",
+		      "state", ckpt_state_name(st->state), "backup", j->to,
+		      "epoch", (json_int_t)st->epoch, "epochs",
+		      (json_int_t)st->epochs, "resyncs",
+		      (json_int_t)st->resyncs, "interval_ms",
+		      (int)j->p.interval_ms);
+	json_object_set_new(o, "pause_p50_us",
+			    json_real((double)st->pause_p50_ns / 1e3));
+	json_object_set_new(o, "pause_p99_us",
+			    json_real((double)st->pause_p99_ns / 1e3));
+	json_object_set_new(o, "pause_max_us",
+			    json_real((double)st->pause_max_ns / 1e3));
+	json_object_set_new(o, "ack_p50_ms",
+			    json_real((double)st->ack_p50_ns / 1e6));
+	json_object_set_new(o, "ack_p99_ms",
+			    json_real((double)st->ack_p99_ns / 1e6));
+	json_object_set_new(o, "since_ack_ms",
+			    json_real((double)st->since_ack_ns / 1e6));
+	json_object_set_new(o, "stretched",
+			    json_integer((json_int_t)st->stretched));
+	json_object_set_new(o, "early", json_integer((json_int_t)st->early));
+	json_object_set_new(o, "pages", json_integer((json_int_t)st->pages));
+	json_object_set_new(o, "bytes", json_integer((json_int_t)st->bytes));
+	json_object_set_new(o, "page_bytes",
+			    json_integer((json_int_t)st->page_bytes));
+	json_object_set_new(o, "xor_pages",
+			    json_integer((json_int_t)st->pages_xor));
+	json_object_set_new(o, "lz4_pages",
+			    json_integer((json_int_t)st->pages_lz4));
+	json_object_set_new(o, "net_held_frames",
+			    json_integer((json_int_t)st->net.frames_held));
+	json_object_set_new(o, "net_held_bytes",
+			    json_integer((json_int_t)st->net.bytes_held));
+	json_object_set_new(o, "net_released_frames",
+			    json_integer((json_int_t)st->net.frames_released));
+	json_object_set_new(o, "net_stalls",
+			    json_integer((json_int_t)st->net.stalls));
+	json_object_set_new(o, "net_dropped",
+			    json_integer((json_int_t)st->net.dropped));
+	json_object_set_new(o, "disk_writes",
+			    json_integer((json_int_t)st->disk.writes));
+	json_object_set_new(o, "disk_stalls",
+			    json_integer((json_int_t)st->disk.stalls));
+	json_object_set_new(o, "netbuf",
+			    json_string(netbuf_backend_name(
+				    j->p.netbuf.backend)));
+	if (st->error[0])
+		json_object_set_new(o, "error", json_string(st->error));
+	free(st);
+	return o;
+}
+
+/* Teardown: no worker, no hooks, no held output left behind.  Output
+ * that never committed is discarded, not released: the backup may be
+ * about to take over without it. */
+static void prot_abandon(struct vm *vm)
+{
+	struct prot_job *j = &vm->prot;
+
+	if (!j->ck)
+		return;
+	/* Protected: end it cleanly, so that the backup drops its replica
+	 * instead of taking over a VM that was stopped on purpose. */
+	prot_join(j, false);
+	ckpt_fence(j->ck);
+	ckpt_close(j->ck);
+	j->ck = NULL;
+}
+
 static void mig_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 {
 	struct vm *vm = w->data;
@@ -690,6 +1436,10 @@ static const struct {
 	{ "migrate", cmd_migrate, "{\"to\": HOST:PORT, ...} live migration" },
 	{ "migrate-cancel", cmd_migrate_cancel, "end a migration in progress" },
 	{ "resolve", cmd_resolve, "{\"moved\": BOOL} after an in-doubt migration" },
+	{ "protect", cmd_protect, "{\"to\": HOST:PORT, ...} keep a hot backup" },
+	{ "unprotect", cmd_unprotect, "end protection (release held output)" },
+	{ "fence", cmd_fence, "after a lost backup: discard output, pause for good" },
+	{ "failover", cmd_failover, "backup: run the replica here now" },
 };
 
 static json_t *ctl_handle(struct vm *vm, const char *line,
@@ -713,6 +1463,11 @@ static json_t *ctl_handle(struct vm *vm, const char *line,
 	if (vm->incoming && cmd && strcmp(cmd, "status")) {
 		rep = reply_err("an incoming migration is in progress: only "
 				"\"status\" works");
+	} else if (vm->backup && cmd && strcmp(cmd, "status") &&
+		   strcmp(cmd, "failover") && strcmp(cmd, "quit")) {
+		rep = reply_err("this is a backup: only \"status\", "
+				"\"failover\" and \"quit\" work until it "
+				"fails over");
 	} else {
 		for (i = 0; cmd && i < sizeof(commands) / sizeof(commands[0]);
 		     i++)
@@ -1002,6 +1757,15 @@ static int vm_serve(struct vm *vm)
 	ev_async_init(&vm->mig.async, mig_async_cb);
 	vm->mig.async.data = vm;
 	ev_async_start(vm->loop, &vm->mig.async);
+	pthread_mutex_init(&vm->prot.lock, NULL);
+	vm->prot.vm = vm;
+	ev_async_init(&vm->prot.async, prot_async_cb);
+	vm->prot.async.data = vm;
+	ev_async_start(vm->loop, &vm->prot.async);
+	vm->bk.vm = vm;
+	ev_async_init(&vm->bk.async, bk_async_cb);
+	vm->bk.async.data = vm;
+	ev_async_start(vm->loop, &vm->bk.async);
 	ev_signal_init(&vm->sigint_w, signal_cb, SIGINT);
 	ev_signal_init(&vm->sigterm_w, signal_cb, SIGTERM);
 	vm->sigint_w.data = vm->sigterm_w.data = vm;
@@ -1015,7 +1779,12 @@ static int vm_serve(struct vm *vm)
 		vm->listen_w.data = vm;
 		ev_io_start(vm->loop, &vm->listen_w);
 	}
-	if (vm->incoming) {
+	if (vm->backup) {
+		printf("backup: listening on %s\n", vm->listen_addr);
+		fflush(stdout);
+		if (bk_start(vm))
+			return EXIT_VMM_ERROR;
+	} else if (vm->incoming) {
 		if (vm_incoming_start(vm))
 			return EXIT_VMM_ERROR;
 	} else {
@@ -1031,6 +1800,10 @@ static int vm_serve(struct vm *vm)
 static void vm_teardown(struct vm *vm)
 {
 	unsigned i;
+
+	prot_abandon(vm);
+	bk_join(&vm->bk);
+	json_decref(vm->failover);
 
 	if (vm->dom)
 		vm->ops->destroy(vm->dom);
@@ -1064,9 +1837,11 @@ static void usage(FILE *f)
 	      "  ftvm restore --from FILE [options]\n"
 	      "  ftvm incoming --listen ADDR (--ca F --cert F --key F | --insecure)\n"
 	      "                [--peer-name NAME] [--timeout SEC] [options]\n"
+	      "  ftvm backup --listen ADDR (--ca F --cert F --key F | --insecure)\n"
+	      "              [--peer-name NAME] [--auto-failover] [options]\n"
 	      "  ftvm ctl --control SOCKET COMMAND [ARGS]\n"
 	      "\n"
-	      "run, restore and incoming options:\n"
+	      "run, restore, incoming and backup options:\n"
 	      "  --console FILE   guest console output (default: stdout)\n"
 	      "  --control PATH   serve the JSON-lines control socket at PATH\n"
 	      "  --net SPEC       NIC: tap=NAME,mac=MAC[,ip=A.B.C.D/N][,gw=A.B.C.D]\n"
@@ -1090,6 +1865,12 @@ static void usage(FILE *f)
 	      "  --io-timeout MS  a silent peer fails the migration (default 10000)\n"
 	      "  --disk FILE --disk-size SIZE  receive the disk into a new image\n"
 	      "                   at FILE (replaced only when the migration commits)\n"
+	      "backup options (keep a replica of a protected VM; run it on\n"
+	      "failover): --listen, TLS, --io-timeout, --disk/--disk-size as for\n"
+	      "incoming (the replica's image is FILE.replica until a failover)\n"
+	      "  --auto-failover  take over as soon as the primary's stream breaks\n"
+	      "                   (no arbiter: a partition gives two copies; for\n"
+	      "                   tests and demos, ftd decides otherwise)\n"
 	      "ctl commands:\n"
 	      "  status | pause | resume | quit\n"
 	      "  save FILE [--stop]   save the VM (keeps running unless --stop)\n"
@@ -1103,6 +1884,15 @@ static void usage(FILE *f)
 	      "  migrate-cancel       end a migration in progress (the VM stays)\n"
 	      "  resolve moved|stay   after an in-doubt migration: the destination\n"
 	      "                       runs the VM (stop here) / does not (resume)\n"
+	      "  protect HOST:PORT [--interval MS] [--io-timeout MS]\n"
+	      "          [--netbuf in-process|nfqueue|plug] [--netbuf-bytes SIZE]\n"
+	      "          [--on-loss hold|continue] [--no-delta] (TLS | --insecure)\n"
+	      "                       keep a hot backup on an `ftvm backup`\n"
+	      "                       (checkpoints every 25 ms by default)\n"
+	      "  unprotect            end protection (the backup drops its replica)\n"
+	      "  fence                after a lost backup: discard held output and\n"
+	      "                       pause the VM for good\n"
+	      "  failover             on a backup: run the replica here now\n"
 	      "\n"
 	      "exit status: the guest's status; 125 ftvm error; 126 guest crashed\n"
 	      "see docs/operators-guide.md\n",
@@ -1114,7 +1904,8 @@ enum { OPT_IMAGE = 1, OPT_MEM, OPT_CMDLINE, OPT_CONSOLE, OPT_CONTROL,
        OPT_DISK_SIZE, OPT_LISTEN, OPT_CA, OPT_CERT, OPT_KEY, OPT_PEER_NAME,
        OPT_INSECURE, OPT_TIMEOUT, OPT_DOWNTIME, OPT_BANDWIDTH,
        OPT_ABORT_IF_BUSY, OPT_NO_AUTO_CONVERGE, OPT_COMPRESS,
-       OPT_IO_TIMEOUT, OPT_XBZRLE };
+       OPT_IO_TIMEOUT, OPT_XBZRLE, OPT_INTERVAL, OPT_NETBUF, OPT_ON_LOSS,
+       OPT_NO_DELTA, OPT_AUTO_FAILOVER, OPT_NETBUF_BYTES };
 
 static const struct option long_opts[] = {
 	{ "image", required_argument, NULL, OPT_IMAGE },
@@ -1143,6 +1934,12 @@ static const struct option long_opts[] = {
 	{ "no-auto-converge", no_argument, NULL, OPT_NO_AUTO_CONVERGE },
 	{ "compress", required_argument, NULL, OPT_COMPRESS },
 	{ "xbzrle", required_argument, NULL, OPT_XBZRLE },
+	{ "interval", required_argument, NULL, OPT_INTERVAL },
+	{ "netbuf", required_argument, NULL, OPT_NETBUF },
+	{ "netbuf-bytes", required_argument, NULL, OPT_NETBUF_BYTES },
+	{ "on-loss", required_argument, NULL, OPT_ON_LOSS },
+	{ "no-delta", no_argument, NULL, OPT_NO_DELTA },
+	{ "auto-failover", no_argument, NULL, OPT_AUTO_FAILOVER },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -1155,6 +1952,9 @@ struct opts {
 	bool stop, insecure, abort_if_busy, no_auto_converge;
 	uint64_t xbzrle;
 	bool have_downtime, have_io_timeout;
+	uint64_t interval_ms, netbuf_bytes;
+	const char *netbuf, *on_loss;
+	bool no_delta, auto_failover;
 };
 
 /* A whole number in [min, max]. */
@@ -1254,6 +2054,43 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 				return -EINVAL;
 			}
 			break;
+		case OPT_INTERVAL:
+			if (parse_uint("--interval", optarg,
+				       CKPT_MIN_INTERVAL_MS,
+				       CKPT_MAX_INTERVAL_MS, &o->interval_ms))
+				return -EINVAL;
+			break;
+		case OPT_NETBUF: {
+			enum netbuf_backend nb;
+
+			if (netbuf_backend_parse(optarg, &nb)) {
+				log_err("--netbuf %s: in-process, nfqueue or "
+					"plug",
+					optarg);
+				return -EINVAL;
+			}
+			o->netbuf = optarg;
+			break;
+		}
+		case OPT_NETBUF_BYTES:
+			if (cli_parse_size(optarg, &o->netbuf_bytes) ||
+			    o->netbuf_bytes < 65536 ||
+			    o->netbuf_bytes > (1ULL << 30)) {
+				log_err("--netbuf-bytes %s: a size, 64K..1G",
+					optarg);
+				return -EINVAL;
+			}
+			break;
+		case OPT_ON_LOSS:
+			if (strcmp(optarg, "hold") && strcmp(optarg, "continue")) {
+				log_err("--on-loss %s: hold or continue",
+					optarg);
+				return -EINVAL;
+			}
+			o->on_loss = optarg;
+			break;
+		case OPT_NO_DELTA: o->no_delta = true; break;
+		case OPT_AUTO_FAILOVER: o->auto_failover = true; break;
 		case OPT_VERBOSE: log_set_level(LOG_DEBUG); break;
 		case OPT_MEM:
 			if (cli_parse_size(optarg, &o->mem)) {
@@ -1306,6 +2143,7 @@ static int do_run(int argc, char **argv)
 		return EXIT_VMM_ERROR;
 	}
 	vm.ctl_path = o.control;
+	vm.tap = o.net.present ? o.net.tap : NULL;
 	code = vm_serve(&vm);
 	vm_teardown(&vm);
 	return code;
@@ -1344,6 +2182,7 @@ static int do_restore(int argc, char **argv)
 	log_info("restored from %s", o.from);
 	kvm_net_announce(vm.dom); /* peers learn where the guest lives now */
 	vm.ctl_path = o.control;
+	vm.tap = o.net.present ? o.net.tap : NULL;
 	code = vm_serve(&vm);
 	vm_teardown(&vm);
 	return code;
@@ -1449,6 +2288,7 @@ static int do_incoming(int argc, char **argv)
 	if (o.have_io_timeout)
 		vm.mig.p.timeout_ms = (unsigned)o.io_timeout_ms;
 	vm.ctl_path = o.control;
+	vm.tap = o.net.present ? o.net.tap : NULL;
 	code = vm_serve(&vm);
 	if (vm.mig.phase != MIG_NONE) {
 		/* Stopped (signal) while receiving: drop the half copy. */
@@ -1467,14 +2307,93 @@ static int do_incoming(int argc, char **argv)
 	return code;
 }
 
+static int do_backup(int argc, char **argv)
+{
+	struct opts o = { 0 };
+	struct vm vm = { .ops = &kvm_hv_ops, .listen_fd = -1 };
+	struct backup_job *j = &vm.bk;
+	struct kvm_cfg cfg;
+	char disk_tmp[PATH_MAX];
+	int lfd, code;
+
+	if (parse_opts(argc, argv, &o))
+		return EXIT_VMM_ERROR;
+	if (!o.listen || optind != argc) {
+		log_err(o.listen ? "unexpected argument '%s'"
+				 : "backup needs --listen ADDR%s",
+			o.listen ? argv[optind] : "");
+		return EXIT_VMM_ERROR;
+	}
+	if (!tls_from_opts(&o, &j->tls))
+		return EXIT_VMM_ERROR;
+	if (o.disk && !o.disk_size) {
+		log_err("backup with --disk needs --disk-size (the size of the "
+			"primary's disk)");
+		return EXIT_VMM_ERROR;
+	}
+	cfg = (struct kvm_cfg){ .net = o.net, .disk_size = o.disk_size };
+	if (o.disk) {
+		/* The replica's image; FILE itself only on failover. */
+		if (snprintf(disk_tmp, sizeof(disk_tmp), "%s.replica",
+			     o.disk) >= (int)sizeof(disk_tmp)) {
+			log_err("--disk %s: path too long", o.disk);
+			return EXIT_VMM_ERROR;
+		}
+		cfg.disk = disk_tmp;
+		j->disk = o.disk;
+		j->disk_tmp = disk_tmp;
+	}
+	cfg.console_fd = open_console(o.console);
+	if (cfg.console_fd < 0 || kvm_probe())
+		return EXIT_VMM_ERROR;
+	if (chan_net_listen(o.listen, &lfd))
+		return EXIT_VMM_ERROR;
+	sock_name(lfd, vm.listen_addr, sizeof(vm.listen_addr));
+	j->stop_efd = eventfd(0, EFD_CLOEXEC);
+	if (j->stop_efd < 0) {
+		log_err("eventfd: %s", strerror(errno));
+		return EXIT_VMM_ERROR;
+	}
+	pthread_mutex_init(&j->lock, NULL);
+	ckpt_replica_init(&j->rp);
+	j->lfd = lfd;
+	j->cfg = &cfg;
+	j->io_timeout_ms = o.have_io_timeout ? (unsigned)o.io_timeout_ms
+					     : CKPT_DEFAULT_TIMEOUT_MS;
+	j->auto_failover = o.auto_failover;
+	if (o.auto_failover)
+		log_warn("--auto-failover: this backup takes over whenever the "
+			 "primary's stream breaks, a network partition "
+			 "included; without an arbiter two copies may run");
+	vm.backup = true;
+	vm.tap = o.net.present ? o.net.tap : NULL;
+	vm.ctl_path = o.control;
+	vm.tap = o.net.present ? o.net.tap : NULL;
+	code = vm_serve(&vm);
+	if (vm.backup) {
+		/* Never failed over: the replica goes with this process. */
+		bk_join(j);
+		ckpt_replica_fini(&j->rp, vm.ops);
+		if (j->disk_tmp)
+			unlink(j->disk_tmp);
+	}
+	if (j->lfd >= 0)
+		close(j->lfd);
+	j->lfd = -1;
+	vm_teardown(&vm);
+	close(j->stop_efd);
+	return code;
+}
+
 /* Print a progress event as one line on stderr. */
-static void print_progress(json_t *ev)
+static void print_progress(const char *cmd, json_t *ev)
 {
 	double mib = 1 << 20;
 
 	fprintf(stderr,
-		"migrate: %s %lld: sent %.1f MiB, remaining %.1f MiB, "
+		"%s: %s %lld: sent %.1f MiB, remaining %.1f MiB, "
 		"%.1f MiB/s, ETA %.1f s, throttle %lld%%\n",
+		!strcmp(cmd, "protect") ? "initial sync" : "migrate",
 		json_is_true(json_object_get(ev, "paused")) ? "final round"
 							     : "round",
 		(long long)json_integer_value(json_object_get(ev, "round")),
@@ -1487,6 +2406,22 @@ static void print_progress(json_t *ev)
 		(long long)json_integer_value(json_object_get(ev, "throttle")));
 }
 
+/* The TLS options of `ftvm ctl migrate|protect` into the request. */
+static void ctl_tls(json_t *req, const struct opts *o)
+{
+	if (o->insecure)
+		json_object_set_new(req, "insecure", json_true());
+	if (o->ca)
+		json_object_set_new(req, "ca", json_string(o->ca));
+	if (o->cert)
+		json_object_set_new(req, "cert", json_string(o->cert));
+	if (o->key)
+		json_object_set_new(req, "key", json_string(o->key));
+	if (o->peer_name)
+		json_object_set_new(req, "peer_name",
+				    json_string(o->peer_name));
+}
+
 /* The request `ftvm ctl` sends for argv[optind..]. */
 static json_t *ctl_request(int argc, char **argv, const struct opts *o)
 {
@@ -1495,7 +2430,33 @@ static json_t *ctl_request(int argc, char **argv, const struct opts *o)
 						       : NULL;
 	json_t *req = json_pack("{s:s}", "cmd", cmd);
 
-	if (!strcmp(cmd, "migrate")) {
+	if (!strcmp(cmd, "protect")) {
+		if (!arg) {
+			log_err("protect needs HOST:PORT (an `ftvm backup`)");
+			json_decref(req);
+			return NULL;
+		}
+		json_object_set_new(req, "to", json_string(arg));
+		json_object_set_new(req, "progress", json_true());
+		if (o->interval_ms)
+			json_object_set_new(req, "interval_ms",
+					    json_integer((json_int_t)o->interval_ms));
+		if (o->have_io_timeout)
+			json_object_set_new(req, "timeout_ms",
+					    json_integer((json_int_t)o->io_timeout_ms));
+		if (o->netbuf)
+			json_object_set_new(req, "netbuf",
+					    json_string(o->netbuf));
+		if (o->netbuf_bytes)
+			json_object_set_new(req, "netbuf_bytes",
+					    json_integer((json_int_t)o->netbuf_bytes));
+		if (o->on_loss)
+			json_object_set_new(req, "on_loss",
+					    json_string(o->on_loss));
+		if (o->no_delta)
+			json_object_set_new(req, "delta", json_false());
+		ctl_tls(req, o);
+	} else if (!strcmp(cmd, "migrate")) {
 		if (!arg) {
 			log_err("migrate needs HOST:PORT");
 			json_decref(req);
@@ -1522,17 +2483,7 @@ static json_t *ctl_request(int argc, char **argv, const struct opts *o)
 		if (o->xbzrle)
 			json_object_set_new(req, "xbzrle_cache",
 					    json_integer((json_int_t)o->xbzrle));
-		if (o->insecure)
-			json_object_set_new(req, "insecure", json_true());
-		if (o->ca)
-			json_object_set_new(req, "ca", json_string(o->ca));
-		if (o->cert)
-			json_object_set_new(req, "cert", json_string(o->cert));
-		if (o->key)
-			json_object_set_new(req, "key", json_string(o->key));
-		if (o->peer_name)
-			json_object_set_new(req, "peer_name",
-					    json_string(o->peer_name));
+		ctl_tls(req, o);
 	} else if (!strcmp(cmd, "resolve")) {
 		if (!arg || (strcmp(arg, "moved") && strcmp(arg, "stay"))) {
 			log_err("resolve needs 'moved' or 'stay'");
@@ -1607,7 +2558,7 @@ static int do_ctl(int argc, char **argv)
 		*nl = '\0';
 		rep = json_loads(buf, 0, NULL);
 		if (rep && json_object_get(rep, "event")) {
-			print_progress(rep);
+			print_progress(argv[optind], rep);
 			json_decref(rep);
 			len -= (size_t)(nl + 1 - buf);
 			memmove(buf, nl + 1, len);
@@ -1640,6 +2591,8 @@ int main(int argc, char **argv)
 		return do_restore(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "incoming"))
 		return do_incoming(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "backup"))
+		return do_backup(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "ctl"))
 		return do_ctl(argc - 1, argv + 1);
 	log_err("unknown command '%s' (see ftvm --help)", argv[1]);

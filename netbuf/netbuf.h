@@ -8,6 +8,7 @@
  * netbuf_seal(nb, N) belong to epoch N (the first epoch is whatever
  * netbuf_seal names first).  netbuf_release(nb, N) lets every frame of
  * epochs <= N leave the host, in the order the guest sent them.
+ * docs/networking.md ("netbuf: output commit") describes the backends.
  *
  * Backends (one interface):
  *   NETBUF_INPROC   the VMM's own TX path (hv_ops.net_tx_hook/net_tx):
@@ -18,13 +19,19 @@
  *                   netfilter (an iptables NFQUEUE rule on the TAP,
  *                   installed and removed here); verdicts through
  *                   libnl-nf.  Works with any TAP; when the queue nears
- *                   its bound netbuf_event_fd() asks for an early epoch.
- *   NETBUF_PLUG     sch_plug on the TAP through libnl-route (Xen style);
+ *                   its bound netbuf_event_fd() asks for an early epoch;
+ *                   beyond it packets are dropped (counted): the guest
+ *                   cannot be stalled from outside the VMM.  IP only.
+ *   NETBUF_PLUG     sch_plug through libnl-route (Xen style), on an IFB
+ *                   device the TAP's ingress is redirected to;
  *                   netbuf_available() says whether this kernel has it.
  *
  * Threads: netbuf_seal is called with the domain paused; netbuf_release,
  * netbuf_stats and the rest from one engine thread; the hooks run on vCPU
  * threads.  The implementation locks what it shares.
+ *
+ * FT_NETBUF_CHECK=1 in the environment at netbuf_open makes every seal
+ * and release run the full invariant checker (tests set it).
  */
 #ifndef NETBUF_H
 #define NETBUF_H
@@ -67,11 +74,17 @@ const char *netbuf_backend_name(enum netbuf_backend b);
 int netbuf_backend_parse(const char *s, enum netbuf_backend *out);
 
 /* Whether backend `b` can work on this host; if not, why[0..len) says
- * why (e.g. "this kernel has no sch_plug qdisc"). */
+ * why (e.g. "this kernel has no sch_plug qdisc").  NETBUF_PLUG probes the
+ * kernel (in a throwaway network namespace: needs CAP_SYS_ADMIN);
+ * NETBUF_INPROC depends on the hv backend, which netbuf_open checks. */
 bool netbuf_available(enum netbuf_backend b, char *why, size_t len);
 
 /* Start holding `d`'s output.  Frames sent before the first seal belong
- * to the first epoch sealed.  0 or -errno (reason logged). */
+ * to the first epoch sealed.  0 or -errno (reason logged): -EINVAL (bad
+ * cfg), -EOPNOTSUPP (backend unavailable here, or hv backend without
+ * output hooks), -ENODEV (no such interface), -ENOENT (INPROC: the domain has
+ * no NIC; NFQUEUE: no iptables), -EBUSY (queue number taken).  `ops` and `d` may be NULL for NFQUEUE
+ * and PLUG (then netbuf_close cannot pause the domain). */
 int netbuf_open(const struct netbuf_cfg *cfg, const struct hv_ops *ops,
 		struct hv_domain *d, struct netbuf **out);
 
@@ -83,7 +96,9 @@ int netbuf_seal(struct netbuf *nb, uint64_t epoch);
 int netbuf_release(struct netbuf *nb, uint64_t epoch);
 
 /* Send everything held, sealed or not (protection ends: the guest is no
- * longer checkpointed, so nothing is speculative any more). */
+ * longer checkpointed, so nothing is speculative any more).  Output then
+ * passes unheld until the next netbuf_seal, which starts holding again
+ * (what the guest sends after that seal is the next epoch). */
 int netbuf_release_all(struct netbuf *nb);
 
 /* Readable (eventfd, read 8 bytes) when the buffer passes half its
@@ -92,9 +107,11 @@ int netbuf_event_fd(struct netbuf *nb);
 
 void netbuf_get_stats(struct netbuf *nb, struct netbuf_stats *st);
 
-/* Stop holding: first release everything (release) or discard it (the
- * VM is being fenced or destroyed; counted in `discarded`), then remove
- * the hook / queue rule.  NULL is a no-op. */
+/* Stop holding: release everything (release) or discard it (the VM is
+ * being fenced or destroyed; counted in `discarded`), and remove the
+ * hook / queue rules / qdiscs.  The domain is paused meanwhile (if `ops`
+ * was given), so nothing the guest sends overtakes held frames.  Frees
+ * `nb`.  NULL is a no-op. */
 void netbuf_close(struct netbuf *nb, bool release);
 
 #endif /* NETBUF_H */

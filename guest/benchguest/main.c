@@ -17,6 +17,12 @@
  *                           heap) on request through bench/mailbox.h
  *   benchguest vmmwrite     clock hypercalls with their block in a page
  *                           the guest never writes (a dirty-log test)
+ *   benchguest netsend DSTMAC DSTIP PORT LEN
+ *                           send numbered UDP frames of LEN bytes (60..
+ *                           1514) to DSTIP:PORT via DSTMAC on request
+ *                           through bench/mailbox.h: `count` frames with
+ *                           sequence numbers from `first`, in batches of
+ *                           64, waiting out FT_EAGAIN (netbuf tests)
  *
  * Output lines (exact formats, parsed by the bench programs):
  *   benchguest: hcall n=<N> ns=<total>           (also null, nullin)
@@ -24,6 +30,9 @@
  *   benchguest: ready fill=<kind> pages=<N> ns=<ns>
  *   benchguest: dirty mailbox=0x<gpa> base=0x<gpa> pages=<N>
  *   benchguest: vmmwrite page=0x<gpa>
+ *   benchguest: netsend mailbox=0x<gpa>
+ * netsend's payload after the UDP header: NETSEND_MAGIC then the sequence
+ * number, both little-endian u64.
  * Times are guest monotonic nanoseconds (the host's CLOCK_MONOTONIC).
  * A usage error exits with 1.
  */
@@ -245,6 +254,130 @@ static __attribute__((noreturn)) void run_vmmwrite(void)
 	}
 }
 
+/* ---- netsend ---------------------------------------------------------- */
+
+#define NETSEND_MAGIC 0x71657362656e7466ULL /* "ftnbseq" */
+#define NETSEND_HDR (14 + 20 + 8)
+
+static uint8_t ns_frames[FT_NET_BATCH_MAX][FT_NET_FRAME_MAX];
+static struct ft_net_frame ns_desc[FT_NET_BATCH_MAX];
+
+static int parse_mac(const char *s, uint8_t mac[6])
+{
+	for (int i = 0; i < 6; i++) {
+		char *end;
+		unsigned long v = strtoul(s, &end, 16);
+
+		if (end == s || v > 0xff || *end != (i == 5 ? '\0' : ':'))
+			return -1;
+		mac[i] = (uint8_t)v;
+		s = end + 1;
+	}
+	return 0;
+}
+
+static int parse_ip(const char *s, uint8_t ip[4])
+{
+	for (int i = 0; i < 4; i++) {
+		char *end;
+		unsigned long v = strtoul(s, &end, 10);
+
+		if (end == s || v > 0xff || *end != (i == 3 ? '\0' : '.'))
+			return -1;
+		ip[i] = (uint8_t)v;
+		s = end + 1;
+	}
+	return 0;
+}
+
+static uint16_t ip_csum(const uint8_t *h)
+{
+	uint32_t sum = 0;
+
+	for (int i = 0; i < 20; i += 2)
+		sum += (uint32_t)(h[i] << 8 | h[i + 1]);
+	while (sum >> 16)
+		sum = (sum & 0xffff) + (sum >> 16);
+	return (uint16_t)~sum;
+}
+
+static __attribute__((noreturn)) void run_netsend(char **argv)
+{
+	struct bench_mailbox *mb = ft_alloc_aligned(FT_PAGE_SIZE, FT_PAGE_SIZE);
+	struct ft_hc_net_info ni = {0};
+	uint8_t dmac[6], dip[4];
+	uint64_t port = arg_u64(argv[2]), len = arg_u64(argv[3]), seen = 0;
+	uint64_t waits = 0;
+
+	FT_ASSERT(mb);
+	if (parse_mac(argv[0], dmac) || parse_ip(argv[1], dip) || !port ||
+	    port > 65535 || len < 60 || len > FT_NET_FRAME_MAX)
+		usage("netsend DSTMAC DSTIP PORT LEN(60..1514)");
+	if (ft_hypercall(FT_HC_NET_INFO, (uintptr_t)&ni) || ni.ret)
+		usage("netsend needs a NIC");
+	for (int i = 0; i < FT_NET_BATCH_MAX; i++) {
+		uint8_t *f = ns_frames[i], *ip = f + 14, *udp = ip + 20;
+		uint16_t ipl = (uint16_t)(len - 14);
+		uint16_t udpl = (uint16_t)(len - 34);
+
+		memcpy(f, dmac, 6);
+		memcpy(f + 6, ni.mac, 6);
+		f[12] = 0x08, f[13] = 0x00;
+		ip[0] = 0x45, ip[2] = (uint8_t)(ipl >> 8), ip[3] = (uint8_t)ipl;
+		ip[6] = 0x40, ip[8] = 64, ip[9] = 17; /* DF, TTL, UDP */
+		memcpy(ip + 12, &ni.ipv4_addr, 4);
+		memcpy(ip + 16, dip, 4);
+		udp[0] = 0x9c, udp[1] = 0x40; /* source port 40000 */
+		udp[2] = (uint8_t)(port >> 8), udp[3] = (uint8_t)port;
+		udp[4] = (uint8_t)(udpl >> 8), udp[5] = (uint8_t)udpl;
+		ns_desc[i] = (struct ft_net_frame){.buf = (uintptr_t)f,
+						   .len = (uint32_t)len};
+	}
+	printf("benchguest: netsend mailbox=%p\n", (void *)mb);
+	ft_flush();
+	__atomic_store_n(&mb->magic, BENCH_MB_MAGIC, __ATOMIC_RELEASE);
+	for (;;) {
+		uint64_t seq, next, left, t0;
+
+		while ((seq = __atomic_load_n(&mb->seq, __ATOMIC_ACQUIRE)) ==
+		       seen) {
+			if (__atomic_load_n(&mb->quit, __ATOMIC_ACQUIRE))
+				ft_exit(0);
+			__asm__ volatile("pause");
+		}
+		seen = seq;
+		next = mb->first;
+		left = mb->count;
+		t0 = ft_clock_mono();
+		while (left) {
+			uint32_t n = left < FT_NET_BATCH_MAX ? (uint32_t)left
+							     : FT_NET_BATCH_MAX;
+			int err;
+
+			for (uint32_t i = 0; i < n; i++) {
+				uint8_t *f = ns_frames[i], *ip = f + 14;
+				uint64_t v[2] = {NETSEND_MAGIC, next + i};
+				uint16_t c;
+
+				ip[4] = (uint8_t)((next + i) >> 8);
+				ip[5] = (uint8_t)(next + i);
+				ip[10] = ip[11] = 0;
+				c = ip_csum(ip);
+				ip[10] = (uint8_t)(c >> 8), ip[11] = (uint8_t)c;
+				memcpy(f + NETSEND_HDR, v, sizeof(v));
+			}
+			err = ft_net_send(ns_desc, n, &waits);
+			if (err)
+				ft_panic("netsend: send failed: %d", err);
+			next += n;
+			left -= n;
+		}
+		mb->ns = ft_clock_mono() - t0;
+		mb->aux = waits;
+		__atomic_store_n(&mb->done, seq, __ATOMIC_RELEASE);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "";
@@ -272,5 +405,10 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(mode, "vmmwrite"))
 		run_vmmwrite();
+	if (!strcmp(mode, "netsend")) {
+		if (argc != 6)
+			usage("netsend DSTMAC DSTIP PORT LEN");
+		run_netsend(argv + 2);
+	}
 	usage("unknown mode");
 }

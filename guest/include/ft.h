@@ -77,6 +77,34 @@ void ft_sleep_until(uint64_t deadline_ns);
 /* Sleep for at least `ns` nanoseconds. */
 void ft_sleep_ns(uint64_t ns);
 
+/* ---- Devices (docs/guest-abi.md, section 8) ---------------------------- */
+
+/*
+ * While the host holds the VM's output (checkpointing), FT_HC_NET_SEND and
+ * FT_HC_BLOCK_WRITE may answer -FT_EAGAIN: no room now.  The wrappers
+ * below then wait FT_EAGAIN_WAIT_NS in FT_HC_POLL (an input that arrives
+ * ends the wait early) and retry the rest, for as long as it takes: a
+ * stalled guest waits, it never loses a frame or a write.
+ */
+#define FT_EAGAIN_WAIT_NS 1000000ULL /* 1 ms */
+
+/* The wait between two attempts after -FT_EAGAIN. */
+void ft_eagain_wait(void);
+
+/* Send frames[0..count) (count 1..FT_NET_BATCH_MAX; the array 8-aligned
+ * in guest memory) in order.  Returns 0 once every frame was taken, or
+ * the first other -FT_E* (-FT_ENOSYS without a NIC).  If `waits` is not
+ * NULL, the number of FT_EAGAIN waits is added to it. */
+int ft_net_send(const struct ft_net_frame *frames, uint32_t count,
+		uint64_t *waits);
+
+/* Read or write `count` sectors (1..FT_BLOCK_IO_MAX / FT_BLOCK_SECTOR)
+ * from sector `sector`; `flags` FT_BLOCK_F_* (write only).  Returns 0 or
+ * -FT_E* (-FT_ENOSYS without a disk). */
+int ft_block_read(uint64_t sector, void *buf, uint32_t count);
+int ft_block_write(uint64_t sector, const void *buf, uint32_t count,
+		   uint32_t flags);
+
 /* Flush printf's buffer and stop the VM with `status`.  If the VMM refuses
  * the exit call the runtime executes ud2, so the VM stops as crashed. */
 __attribute__((noreturn)) void ft_exit(int64_t status);

@@ -66,38 +66,28 @@ static void error(const char *what, long err)
 
 /* ---- Block device ----------------------------------------------------- */
 
-static int blk_call(unsigned int nr, uint64_t sector, const void *buf,
-		    uint32_t count, uint32_t flags)
-{
-	struct ft_hc_block_io io = {
-		.sector = sector,
-		.buf = (uintptr_t)buf,
-		.count = count,
-		.flags = flags,
-	};
-	int64_t r = ft_hypercall(nr, (uintptr_t)&io);
-
-	if (!r)
-		r = io.ret;
-	if (r) {
-		error(nr == FT_HC_BLOCK_READ ? "block read" : "block write", r);
-		return -EIO;
-	}
-	return 0;
-}
-
+/* The runtime's wrappers wait out FT_EAGAIN (a write the host cannot take
+ * yet while it replicates the disk): a write is retried, never failed. */
 static int blk_read(void *ctx, uint64_t sector, void *buf, uint32_t count)
 {
+	int r = ft_block_read(sector, buf, count);
+
 	(void)ctx;
-	return blk_call(FT_HC_BLOCK_READ, sector, buf, count, 0);
+	if (r)
+		error("block read", r);
+	return r ? -EIO : 0;
 }
 
 static int blk_write(void *ctx, uint64_t sector, const void *buf,
 		     uint32_t count, bool flush)
 {
+	int r = ft_block_write(sector, buf, count,
+			       flush ? FT_BLOCK_F_FLUSH : 0);
+
 	(void)ctx;
-	return blk_call(FT_HC_BLOCK_WRITE, sector, buf, count,
-			flush ? FT_BLOCK_F_FLUSH : 0);
+	if (r)
+		error("block write", r);
+	return r ? -EIO : 0;
 }
 
 /* ---- Connections ------------------------------------------------------ */

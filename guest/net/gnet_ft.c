@@ -5,7 +5,8 @@
  *
  * Every hypercall is an exit of ~25 us, so a round of gnet_ft_poll makes
  * as few as it can: one POLL, one clock read, one RECV per 64 frames (none
- * when POLL did not report the NIC ready) and one SEND per 64 frames out.
+ * when POLL did not report the NIC ready) and one SEND per 64 frames out
+ * (more only while the host holds our output and answers FT_EAGAIN).
  * Frames go out straight from the stack's transmit buffers and come in
  * straight into the receive buffers here (guest memory is identity-mapped,
  * so a pointer is its GPA).
@@ -51,9 +52,11 @@ static int net_call(unsigned int nr, void *block, const int64_t *ret)
 	return r < 0 ? ft_errno(r) : 0;
 }
 
+/* FT_EAGAIN (the host holds our output and is full) is waited out in
+ * ft_net_send: the stack never loses a frame to it. */
 static int ft_send(void *ctx, const struct gnet_frame *f, unsigned int n)
 {
-	struct ft_hc_net_batch b = {.frames = (uintptr_t)tx_desc, .count = n};
+	int err;
 
 	(void)ctx;
 	for (unsigned int i = 0; i < n; i++) {
@@ -61,7 +64,8 @@ static int ft_send(void *ctx, const struct gnet_frame *f, unsigned int n)
 		tx_desc[i].len = f[i].len;
 		tx_desc[i].reserved = 0;
 	}
-	return net_call(FT_HC_NET_SEND, &b, &b.ret);
+	err = ft_net_send(tx_desc, n, NULL);
+	return err ? ft_errno(err) : 0;
 }
 
 static uint64_t ft_now(void *ctx)
@@ -117,8 +121,9 @@ static int receive_all(struct gnet *s)
 			rx_desc[i].len = RX_BUF_SIZE;
 			rx_desc[i].reserved = 0;
 		}
-		/* Nothing pending is done = 0 (guest-abi.md, section 8); an
-		 * FT_EAGAIN (ftabi.h's wording) means the same. */
+		/* Nothing pending is done = 0 (guest-abi.md, section 8);
+		 * receive never answers FT_EAGAIN, but it would mean the
+		 * same. */
 		err = net_call(FT_HC_NET_RECV, &b, &b.ret);
 		if (err == -EAGAIN)
 			return 0;

@@ -5,7 +5,8 @@
  * Argument blocks live on the stack (below 4 GiB, 8-byte aligned, inside
  * guest memory), so the VMM accepts them; a wrapper that still sees an
  * error has met a broken VMM and panics, except console writes, whose
- * caller may have passed a bad buffer.
+ * caller may have passed a bad buffer, and the device calls, whose errors
+ * go to the caller.  FT_EAGAIN from a send or a write is waited out here.
  */
 #include "ft.h"
 
@@ -70,6 +71,63 @@ void ft_sleep_ns(uint64_t ns)
 	uint64_t now = ft_clock_mono();
 
 	ft_sleep_until(ns > UINT64_MAX - now ? UINT64_MAX : now + ns);
+}
+
+void ft_eagain_wait(void)
+{
+	ft_poll(ft_clock_mono() + FT_EAGAIN_WAIT_NS);
+}
+
+int ft_net_send(const struct ft_net_frame *frames, uint32_t count,
+		uint64_t *waits)
+{
+	while (count) {
+		struct ft_hc_net_batch b = {.frames = (uintptr_t)frames,
+					    .count = count};
+		int64_t r = ft_hypercall(FT_HC_NET_SEND, (uintptr_t)&b);
+
+		if (!r)
+			r = b.ret;
+		if (r != -FT_EAGAIN)
+			return r < 0 ? (int)r : 0;
+		if (b.done > count) /* a VMM breaking the ABI */
+			return -FT_EIO;
+		frames += b.done;
+		count -= (uint32_t)b.done;
+		if (waits)
+			(*waits)++;
+		ft_eagain_wait();
+	}
+	return 0;
+}
+
+static int block_io(unsigned int nr, uint64_t sector, const void *buf,
+		    uint32_t count, uint32_t flags)
+{
+	for (;;) {
+		struct ft_hc_block_io io = {.sector = sector,
+					    .buf = (uintptr_t)buf,
+					    .count = count,
+					    .flags = flags};
+		int64_t r = ft_hypercall(nr, (uintptr_t)&io);
+
+		if (!r)
+			r = io.ret;
+		if (r != -FT_EAGAIN || nr != FT_HC_BLOCK_WRITE)
+			return (int)r;
+		ft_eagain_wait();
+	}
+}
+
+int ft_block_read(uint64_t sector, void *buf, uint32_t count)
+{
+	return block_io(FT_HC_BLOCK_READ, sector, buf, count, 0);
+}
+
+int ft_block_write(uint64_t sector, const void *buf, uint32_t count,
+		   uint32_t flags)
+{
+	return block_io(FT_HC_BLOCK_WRITE, sector, buf, count, flags);
 }
 
 void ft_exit(int64_t status)

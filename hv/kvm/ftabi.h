@@ -67,7 +67,10 @@ enum ft_err {
 	FT_EFAULT  = 1,  /* a pointer/length lies outside guest RAM or overflows */
 	FT_EINVAL  = 2,  /* a field is out of range, or a reserved field is set  */
 	FT_ENOSYS  = 3,  /* unknown or not (yet) provided call                  */
-	FT_EAGAIN  = 4,  /* not returned in ABI v1 (an empty receive is done=0) */
+	FT_EAGAIN  = 4,  /* no room now, retry later: NET_SEND (partial:
+			  * done = frames taken), BLOCK_WRITE (nothing
+			  * written), while the host holds the VM's
+			  * output; an empty receive is done = 0 instead */
 	FT_EIO     = 5,  /* host-side I/O error                                 */
 	FT_E2BIG   = 6,  /* request larger than the call's limit                */
 };
@@ -154,7 +157,10 @@ struct ft_net_frame {
 
 /* FT_HC_NET_SEND / FT_HC_NET_RECV: `frames` is the GPA of an array of
  * `count` (1..FT_NET_BATCH_MAX) struct ft_net_frame.  Send transmits them
- * in order; `done` is how many were sent (all, unless ret < 0).  Receive
+ * in order; `done` is how many were sent (all, unless ret < 0).  Send may
+ * answer -FT_EAGAIN when the VMM holds the VM's output and has no room:
+ * the first `done` frames were taken, the rest were not, and the guest
+ * sends those again after a short wait (e.g. a 1 ms FT_HC_POLL).  Receive
  * fills up to `count` of them with pending frames in arrival order and
  * sets `done` (0 when nothing is pending: not an error).  Every frame
  * descriptor is checked before any frame moves: one bad descriptor fails
@@ -187,7 +193,9 @@ struct ft_hc_block_info {
 /* FT_HC_BLOCK_READ / FT_HC_BLOCK_WRITE: `count` sectors (1 ..
  * FT_BLOCK_IO_MAX / FT_BLOCK_SECTOR) from sector `sector` to/from `buf`.
  * A write with FT_BLOCK_F_FLUSH returns only once the data is durable
- * (the write then a flush, in one exit).  ret: 0 or -FT_E*. */
+ * (the write then a flush, in one exit).  ret: 0 or -FT_E*.  A write may
+ * answer -FT_EAGAIN (nothing written): the guest issues it again after a
+ * short wait. */
 struct ft_hc_block_io {
 	uint64_t sector;
 	uint64_t buf;

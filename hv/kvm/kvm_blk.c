@@ -5,6 +5,11 @@
  * Reads and writes are synchronous pread/pwrite on the vCPU thread; flush
  * is fdatasync, so a write the guest saw flushed is on stable storage.  The
  * image is locked (flock) so that two VMs cannot share it by mistake.
+ *
+ * Write hook (hv_ops disk_write_hook, for disk replication): called with
+ * each valid guest write before the pwrite, on the vCPU thread, under
+ * hook_lock (see kvm_net.c for why that makes install/remove and pause
+ * exact); -EAGAIN from it answers FT_EAGAIN with nothing written.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -208,6 +213,22 @@ int64_t kvm_blk_io(struct hv_domain *d, struct ft_hc_block_io *a, bool write)
 	buf = kvm_guest_ptr(d, a->buf, len);
 	if (!buf)
 		return -FT_EFAULT;
+	if (write) {
+		int r = 0;
+
+		pthread_mutex_lock(&b->hook_lock);
+		if (b->hook)
+			r = b->hook(b->hook_ctx, 0, (uint64_t)off, buf, len);
+		pthread_mutex_unlock(&b->hook_lock);
+		if (r == -EAGAIN)
+			return -FT_EAGAIN; /* nothing written; guest retries */
+		if (r < 0) {
+			log_err("disk write at sector %llu: refused by the "
+				"write hook: %s",
+				(unsigned long long)a->sector, strerror(-r));
+			return -FT_EIO;
+		}
+	}
 	while (done < len) {
 		n = write ? pwrite(b->fd, buf + done, len - done,
 				   off + (off_t)done)
@@ -240,6 +261,19 @@ int64_t kvm_blk_io(struct hv_domain *d, struct ft_hc_block_io *a, bool write)
 		b->stats.bytes_read += len;
 		kvm_dirty_mark(d, a->buf, len);
 	}
+	return 0;
+}
+
+int kvm_disk_write_hook(struct hv_domain *d, hv_disk_wr_fn fn, void *ctx)
+{
+	struct kvm_blk *b = &d->blk;
+
+	if (fn && b->fd < 0)
+		return -ENOENT; /* no disk: the caller decides if that is bad */
+	pthread_mutex_lock(&b->hook_lock);
+	b->hook = fn;
+	b->hook_ctx = fn ? ctx : NULL;
+	pthread_mutex_unlock(&b->hook_lock);
 	return 0;
 }
 

@@ -12,6 +12,15 @@
  * small queue in the VMM holds frames that were taken off the TAP but not
  * yet given to the guest: the frames drained at save time, which are part
  * of the device state so that a restored VM receives them.
+ *
+ * Output hook (hv_ops net_tx_hook, for netbuf/): while one is installed,
+ * the frames of a send hypercall go to it instead of the TAP; it may
+ * refuse one for lack of room, and the call then ends there with
+ * FT_EAGAIN and `done` = the frames taken (docs/guest-abi.md, section 8).
+ * The hook runs on the vCPU thread inside the hypercall, under hook_lock:
+ * installing or removing it takes the lock, so it waits for a call in
+ * progress, and a paused domain (its vCPU thread parked, which happens
+ * only between hypercalls) is never inside one.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -302,6 +311,7 @@ static int64_t check_batch(struct hv_domain *d, const struct ft_hc_net_batch *a,
 
 int64_t kvm_net_send(struct hv_domain *d, struct ft_hc_net_batch *a)
 {
+	struct kvm_net *n = &d->net;
 	struct ft_net_frame *fr;
 	int64_t err = check_batch(d, a, &fr, false);
 	uint32_t i;
@@ -309,20 +319,66 @@ int64_t kvm_net_send(struct hv_domain *d, struct ft_hc_net_batch *a)
 	a->done = 0;
 	if (err)
 		return err;
+	pthread_mutex_lock(&n->hook_lock);
 	for (i = 0; i < a->count; i++) {
 		uint32_t len = fr[i].len;
+		const void *buf = kvm_guest_ptr(d, fr[i].buf, len);
 
-		/* A full TAP queue drops the frame, as a wire would. */
-		if (write(d->net.fd, kvm_guest_ptr(d, fr[i].buf, len), len) !=
-		    (ssize_t)len) {
-			d->net.stats.tx_dropped++;
+		if (n->hook) {
+			int r = n->hook(n->hook_ctx, 0, buf, len);
+
+			if (r == -EAGAIN) {
+				/* No room: the guest retries the rest. */
+				err = -FT_EAGAIN;
+				break;
+			}
+			if (r < 0) { /* outside the hook's contract */
+				n->stats.tx_dropped++;
+				continue;
+			}
+		} else if (write(n->fd, buf, len) != (ssize_t)len) {
+			/* A full TAP queue drops the frame, as a wire would. */
+			n->stats.tx_dropped++;
 			continue;
 		}
-		d->net.stats.tx_frames++;
-		d->net.stats.tx_bytes += len;
+		n->stats.tx_frames++;
+		n->stats.tx_bytes += len;
 	}
-	a->done = a->count;
+	pthread_mutex_unlock(&n->hook_lock);
+	a->done = i;
+	return err;
+}
+
+int kvm_net_tx_hook(struct hv_domain *d, hv_net_tx_fn fn, void *ctx)
+{
+	struct kvm_net *n = &d->net;
+
+	if (fn && n->fd < 0)
+		return -ENOENT; /* no NIC: the caller decides if that is bad */
+	pthread_mutex_lock(&n->hook_lock);
+	n->hook = fn;
+	n->hook_ctx = fn ? ctx : NULL;
+	pthread_mutex_unlock(&n->hook_lock);
 	return 0;
+}
+
+int kvm_net_tx(struct hv_domain *d, unsigned nic, const void *frame,
+	       size_t len)
+{
+	ssize_t w;
+
+	if (nic || d->net.fd < 0)
+		return -ENOENT;
+	if (len < FT_NET_FRAME_MIN || len > FT_NET_FRAME_MAX)
+		return -EINVAL;
+	do
+		w = write(d->net.fd, frame, len);
+	while (w < 0 && errno == EINTR);
+	if (w == (ssize_t)len)
+		return 0;
+	if (w < 0 && (errno == EAGAIN || errno == ENOBUFS))
+		return -EAGAIN;
+	return w < 0 ? -errno : -EIO;
 }
 
 int64_t kvm_net_recv(struct hv_domain *d, struct ft_hc_net_batch *a)

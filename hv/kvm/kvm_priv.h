@@ -57,6 +57,12 @@ struct kvm_net {
 		uint64_t rx_frames, rx_bytes, rx_dropped;
 		uint64_t tx_frames, tx_bytes, tx_dropped;
 	} stats;                     /* saved as is (little-endian u64s) */
+	/* hv_ops net_tx_hook.  A send hypercall holds hook_lock while it
+	 * calls the hook, so installing or removing one waits for a call in
+	 * progress.  Initialised at domain creation, NIC or not. */
+	pthread_mutex_t hook_lock;
+	hv_net_tx_fn hook;           /* hook_lock */
+	void *hook_ctx;              /* hook_lock */
 };
 
 /* The disk (kvm_blk.c). */
@@ -71,6 +77,10 @@ struct kvm_blk {
 	uint64_t *dirty;
 	uint64_t nr_blocks;
 	bool logging;
+	/* hv_ops disk_write_hook, as kvm_net's hook. */
+	pthread_mutex_t hook_lock;
+	hv_disk_wr_fn hook;          /* hook_lock */
+	void *hook_ctx;              /* hook_lock */
 };
 
 struct hv_domain {
@@ -139,6 +149,10 @@ int64_t kvm_net_send(struct hv_domain *d, struct ft_hc_net_batch *a);
 int64_t kvm_net_recv(struct hv_domain *d, struct ft_hc_net_batch *a);
 int kvm_net_save(struct hv_domain *d, hv_dev_cb cb, void *ctx);
 int kvm_net_load(struct hv_domain *d, const struct hv_dev_rec *rec);
+/* hv_ops net_tx_hook and net_tx (see hv.h). */
+int kvm_net_tx_hook(struct hv_domain *d, hv_net_tx_fn fn, void *ctx);
+int kvm_net_tx(struct hv_domain *d, unsigned nic, const void *frame,
+	       size_t len);
 
 /* kvm_blk.c: the disk.  init with path NULL sets up "no disk"; see
  * struct kvm_cfg for `size`. */
@@ -158,6 +172,7 @@ int kvm_disk_read(struct hv_domain *d, unsigned idx, uint64_t off, void *buf,
 		  size_t len);
 int kvm_disk_write(struct hv_domain *d, unsigned idx, uint64_t off,
 		   const void *buf, size_t len);
+int kvm_disk_write_hook(struct hv_domain *d, hv_disk_wr_fn fn, void *ctx);
 
 /* kvm_dirty.c */
 /* Pick and enable the mechanism; before the vCPU is created. */

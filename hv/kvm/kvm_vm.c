@@ -8,7 +8,9 @@
  * that KVM_RUN returns at once (even if the signal lands just before
  * KVM_RUN is entered).  The vCPU thread then completes any pending port
  * I/O with one more immediate-exit KVM_RUN, so the saved state is always
- * consistent (rip after the `out`), and parks until unpause().
+ * consistent (rip after the `out`), and parks until unpause().  Hypercalls
+ * (and so the output hooks they call) run only between KVM_RUN and the
+ * park check, so while paused no hook call is in progress.
  *
  * Dirty logging lives in kvm_dirty.c.
  */
@@ -309,6 +311,8 @@ static void kvm_destroy(struct hv_domain *d)
 	kvm_net_fini(d);
 	kvm_blk_fini(d);
 	pthread_mutex_destroy(&d->dirty_lock);
+	pthread_mutex_destroy(&d->net.hook_lock);
+	pthread_mutex_destroy(&d->blk.hook_lock);
 	pthread_mutex_destroy(&d->lock);
 	pthread_cond_destroy(&d->cond);
 	free(d);
@@ -349,6 +353,8 @@ int kvm_create_opts(const struct hv_dom_info *info, const struct kvm_cfg *kc,
 	pthread_mutex_init(&d->lock, NULL);
 	pthread_cond_init(&d->cond, NULL);
 	pthread_mutex_init(&d->dirty_lock, NULL);
+	pthread_mutex_init(&d->net.hook_lock, NULL);
+	pthread_mutex_init(&d->blk.hook_lock, NULL);
 	/* Guest monotonic time starts at 0 now. */
 	d->clock.offset_ns = (int64_t)kvm_host_ns(CLOCK_MONOTONIC);
 
@@ -647,4 +653,7 @@ const struct hv_ops kvm_hv_ops = {
 	.disk_dirty_fetch = kvm_disk_dirty_fetch,
 	.disk_read = kvm_disk_read,
 	.disk_write = kvm_disk_write,
+	.net_tx_hook = kvm_net_tx_hook,
+	.net_tx = kvm_net_tx,
+	.disk_write_hook = kvm_disk_write_hook,
 };
