@@ -418,23 +418,13 @@ static int send_epoch(struct ckpt *ck, struct stream_writer *w,
 	return err;
 }
 
+/* A sentence for a channel error talking to the backup. */
 static const char *chan_error_text(int err)
 {
-	switch (err) {
-	case -ETIMEDOUT:
-		return "the backup fell silent (dead, or the link is down)";
-	case -EPIPE:
-	case -ECONNRESET:
-		return "the backup closed the connection";
-	case -ENETUNREACH:
-	case -EHOSTUNREACH:
-	case -ENETDOWN:
-		return "the network to the backup is down";
-	case -EPROTO:
-		return "the TLS session failed";
-	default:
-		return NULL;
-	}
+	static __thread char buf[160];
+	const char *why = mig_chan_error(err, "backup", buf, sizeof(buf));
+
+	return why ? why : strerror(-err);
 }
 
 /* Wait for the ack of `epoch` (or the backup's ERR). */
@@ -445,11 +435,8 @@ static int wait_ack(struct ckpt *ck, struct chan *c, uint64_t epoch)
 	int err = chan_read(c, raw, sizeof(raw));
 
 	if (err) {
-		const char *why = chan_error_text(err);
-
 		set_error(ck, "no acknowledgement of epoch %llu: %s",
-			  (unsigned long long)epoch,
-			  why ? why : strerror(-err));
+			  (unsigned long long)epoch, chan_error_text(err));
 		return err;
 	}
 	if (!memcmp(raw, MIG_MSG_ERR, 8)) {
@@ -524,14 +511,12 @@ static int cmp_u64(const void *a, const void *b)
 
 void ckpt_get_stats(struct ckpt *ck, struct ckpt_stats *out)
 {
-	static uint64_t tmp[CKPT_HIST];
-	static pthread_mutex_t tmp_lock = PTHREAD_MUTEX_INITIALIZER;
+	uint64_t tmp[CKPT_HIST]; /* 32 KiB */
 	uint64_t n;
 
 	pthread_mutex_lock(&ck->lock);
 	*out = ck->st;
 	n = ck->hist_n < CKPT_HIST ? ck->hist_n : CKPT_HIST;
-	pthread_mutex_lock(&tmp_lock);
 	memcpy(tmp, ck->pause_hist, n * sizeof(*tmp));
 	qsort(tmp, n, sizeof(*tmp), cmp_u64);
 	out->pause_p50_ns = pct(tmp, n, 50);
@@ -540,7 +525,6 @@ void ckpt_get_stats(struct ckpt *ck, struct ckpt_stats *out)
 	qsort(tmp, n, sizeof(*tmp), cmp_u64);
 	out->ack_p50_ns = pct(tmp, n, 50);
 	out->ack_p99_ns = pct(tmp, n, 99);
-	pthread_mutex_unlock(&tmp_lock);
 	out->since_ack_ns = ck->last_ack ? now_ns() - ck->last_ack : 0;
 	pthread_mutex_unlock(&ck->lock);
 	if (ck->nb)
@@ -552,15 +536,11 @@ void ckpt_get_stats(struct ckpt *ck, struct ckpt_stats *out)
 static int sync_progress(void *ctx, const struct mig_progress *pr)
 {
 	struct ckpt *ck = ctx;
-	uint64_t junk;
+	struct pollfd pfd = {.fd = ck->stop_efd, .events = POLLIN};
 
-	if (read(ck->stop_efd, &junk, sizeof(junk)) == sizeof(junk)) {
-		/* stop during the sync: cancel it (and keep the request) */
-		junk = 1;
-		if (write(ck->stop_efd, &junk, sizeof(junk)) < 0)
-			return -ECANCELED;
+	/* A stop during the sync cancels it; the request stays pending. */
+	if (poll(&pfd, 1, 0) > 0)
 		return -ECANCELED;
-	}
 	return ck->p.event ? ck->p.event(ck->p.event_ctx, CKPT_EV_SYNC, pr)
 			   : 0;
 }
@@ -693,11 +673,9 @@ int ckpt_run(struct ckpt *ck, struct chan *c)
 		bytes0 = c->bytes_out;
 		err = send_epoch(ck, &w, epoch, pages, first);
 		if (err) {
-			const char *why = chan_error_text(err);
-
 			set_error(ck, "sending epoch %llu: %s",
 				  (unsigned long long)epoch,
-				  why ? why : strerror(-err));
+				  chan_error_text(err));
 			break;
 		}
 		err = wait_ack(ck, c, epoch);

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "ckpt.h"
+#include "migrate/snapshot.h"
 #include "log.h"
 #include "stream.h"
 #include "stream_state.h"
@@ -51,11 +52,10 @@ struct dev_stage {
 
 struct recv_ctx {
 	const struct hv_ops *ops;
-	struct hv_domain *d; /* rp->d: the domain being fed */
+	struct snap_pages sp; /* rp->d, the domain being fed: pre-copy pages
+			       * and the XOR bases (its committed frames) */
 	struct stream_reader r;
 	uint64_t nr_pfns;
-	uint64_t *received; /* frames this stream delivered (XOR bases) */
-	void *base;	    /* mapped base frame, or NULL */
 	/* the epoch in progress */
 	uint64_t *pfns;
 	unsigned char *pages;
@@ -67,41 +67,16 @@ struct recv_ctx {
 	struct diskrep_stage disk;
 };
 
-static void base_release(struct recv_ctx *rc)
+/* Pre-copy page: straight into the replica. */
+static int direct_page(void *ctx, uint64_t pfn, const void *page)
 {
-	if (rc->base)
-		rc->ops->unmap(rc->d, &rc->base, 1);
-	rc->base = NULL;
+	return snap_pages_store(&((struct recv_ctx *)ctx)->sp, pfn, page);
 }
 
 /* XOR base: the replica's committed copy (or a pre-copy page). */
 static const void *recv_base(void *ctx, uint64_t pfn)
 {
-	struct recv_ctx *rc = ctx;
-
-	base_release(rc);
-	if (!(rc->received[pfn / 64] >> (pfn % 64) & 1))
-		return NULL;
-	if (rc->ops->map(rc->d, &pfn, 1, &rc->base))
-		rc->base = NULL;
-	return rc->base;
-}
-
-/* Pre-copy page: straight into the replica. */
-static int direct_page(void *ctx, uint64_t pfn, const void *page)
-{
-	struct recv_ctx *rc = ctx;
-	void *dst;
-	int err;
-
-	base_release(rc);
-	err = rc->ops->map(rc->d, &pfn, 1, &dst);
-	if (err)
-		return err;
-	memcpy(dst, page, HV_PAGE_SIZE);
-	rc->ops->unmap(rc->d, &dst, 1);
-	rc->received[pfn / 64] |= 1ULL << (pfn % 64);
-	return 0;
+	return snap_pages_base(&((struct recv_ctx *)ctx)->sp, pfn);
 }
 
 /* Epoch page: into staging. */
@@ -109,7 +84,7 @@ static int stage_page(void *ctx, uint64_t pfn, const void *page)
 {
 	struct recv_ctx *rc = ctx;
 
-	base_release(rc);
+	snap_pages_release(&rc->sp);
 	if (rc->n == rc->cap) {
 		uint64_t cap = rc->cap ? rc->cap * 2 : 1024;
 		unsigned char *pages;
@@ -173,17 +148,10 @@ static int stage_dev(struct recv_ctx *rc, const struct hv_dev_rec *dev)
  * (pre-copy) or stage (epoch). */
 static int recv_disk(struct recv_ctx *rc, const struct stream_rec *rec)
 {
-	static const unsigned char zeros[HV_DISK_BLOCK];
 	struct stream_disk_write dw;
-	uint64_t size = 0;
-	uint32_t idx;
 	int err;
 
-	memcpy(&idx, rec->body, sizeof(idx));
-	if (rc->ops->disk_info &&
-	    rc->ops->disk_info(rc->d, le32toh(idx), &size))
-		size = 0;
-	err = stream_decode_disk(&rc->r, rec, size, &dw);
+	err = snap_disk_record(rc->ops, rc->sp.d, &rc->r, rec, &dw);
 	if (err)
 		return err;
 	if (rc->r.in_epoch) {
@@ -194,17 +162,8 @@ static int recv_disk(struct recv_ctx *rc, const struct stream_rec *rec)
 					     strerror(-err))
 			   : 0;
 	}
-	if (dw.data)
-		err = rc->ops->disk_write(rc->d, dw.disk, dw.offset, dw.data,
-					  dw.len);
-	for (uint32_t done = 0; !dw.data && !err && done < dw.len;) {
-		uint32_t n = dw.len - done < sizeof(zeros) ? dw.len - done
-							    : sizeof(zeros);
-
-		err = rc->ops->disk_write(rc->d, dw.disk, dw.offset + done,
-					  zeros, n);
-		done += n;
-	}
+	err = snap_disk_write(rc->ops, rc->sp.d, dw.disk, dw.offset, dw.len,
+			      dw.data);
 	if (err)
 		return stream_rec_fail(&rc->r, rec, err,
 				       "disk %u: writing %u bytes at %llu: %s",
@@ -219,23 +178,15 @@ static int commit(struct recv_ctx *rc, const struct stream_rec *rec)
 {
 	int err = 0;
 
-	for (uint64_t i = 0; !err && i < rc->n; i++) {
-		uint64_t pfn = rc->pfns[i];
-		void *dst;
-
-		err = rc->ops->map(rc->d, &pfn, 1, &dst);
-		if (err)
-			break;
-		memcpy(dst, rc->pages + i * HV_PAGE_SIZE, HV_PAGE_SIZE);
-		rc->ops->unmap(rc->d, &dst, 1);
-		rc->received[pfn / 64] |= 1ULL << (pfn % 64);
-	}
+	for (uint64_t i = 0; !err && i < rc->n; i++)
+		err = snap_pages_store(&rc->sp, rc->pfns[i],
+				       rc->pages + i * HV_PAGE_SIZE);
 	if (!err)
-		err = diskrep_stage_apply(&rc->disk, rc->ops, rc->d);
+		err = diskrep_stage_apply(&rc->disk, rc->ops, rc->sp.d);
 	for (unsigned v = 0; !err && v < rc->nr_vcpus; v++)
-		err = rc->ops->vcpu_load(rc->d, v, &rc->vcpus[v]);
+		err = rc->ops->vcpu_load(rc->sp.d, v, &rc->vcpus[v]);
 	for (unsigned i = 0; !err && i < rc->nr_devs; i++)
-		err = rc->ops->dev_load(rc->d, &rc->devs[i].rec);
+		err = rc->ops->dev_load(rc->sp.d, &rc->devs[i].rec);
 	if (err)
 		return stream_rec_fail(&rc->r, rec, err,
 				       "applying epoch %llu: %s (the replica "
@@ -243,24 +194,6 @@ static int commit(struct recv_ctx *rc, const struct stream_rec *rec)
 				       (unsigned long long)rc->r.epoch,
 				       strerror(-err));
 	return 0;
-}
-
-static int send_msg(struct chan *c, const char *magic, int err,
-		    const char *text)
-{
-	struct mig_msg m;
-	size_t len = text ? strnlen(text, MIG_MSG_TEXT_MAX) : 0;
-	int e;
-
-	memcpy(m.magic, magic, sizeof(m.magic));
-	m.err = htole32((uint32_t)(err < 0 ? -err : err));
-	m.msg_len = htole32((uint32_t)len);
-	e = chan_write(c, &m, sizeof(m));
-	if (!e && len)
-		e = chan_write(c, text, len);
-	if (!e)
-		e = chan_flush(c, false);
-	return e;
 }
 
 static int send_ack(struct chan *c, uint64_t epoch)
@@ -277,7 +210,7 @@ static int send_ack(struct chan *c, uint64_t epoch)
 int ckpt_recv(const struct hv_ops *ops, struct chan *c, unsigned timeout_ms,
 	      ckpt_create_fn create, void *create_ctx, struct ckpt_replica *rp)
 {
-	struct recv_ctx rc = {.ops = ops};
+	struct recv_ctx rc = {.ops = ops, .sp = {.ops = ops}};
 	struct ft_stream_hdr hdr;
 	struct stream_rec rec;
 	struct hv_vcpu_state *vs = NULL;
@@ -329,11 +262,11 @@ int ckpt_recv(const struct hv_ops *ops, struct chan *c, unsigned timeout_ms,
 			ckpt_replica_fini(rp, ops);
 			rc.nr_pfns = dm->mem_size / HV_PAGE_SIZE;
 			rc.nr_vcpus = dm->nr_vcpus;
-			rc.received = calloc((rc.nr_pfns + 63) / 64,
-					     sizeof(uint64_t));
+			rc.sp.received = calloc((rc.nr_pfns + 63) / 64,
+						sizeof(uint64_t));
 			rc.vcpus = calloc(rc.nr_vcpus, sizeof(*rc.vcpus));
 			vs = malloc(sizeof(*vs));
-			err = rc.received && rc.vcpus && vs
+			err = rc.sp.received && rc.vcpus && vs
 				      ? create(create_ctx, &info, &d)
 				      : -ENOMEM;
 			if (err) {
@@ -345,7 +278,7 @@ int ckpt_recv(const struct hv_ops *ops, struct chan *c, unsigned timeout_ms,
 				break;
 			}
 			pthread_mutex_lock(&rp->lock);
-			rp->d = rc.d = d;
+			rp->d = rc.sp.d = d;
 			pthread_mutex_unlock(&rp->lock);
 			break;
 		}
@@ -354,7 +287,7 @@ int ckpt_recv(const struct hv_ops *ops, struct chan *c, unsigned timeout_ms,
 						   rc.r.in_epoch ? stage_page
 								 : direct_page,
 						   &rc, recv_base);
-			base_release(&rc);
+			snap_pages_release(&rc.sp);
 			if (err > 0)
 				err = -EINVAL;
 			if (err && !*stream_reader_error(&rc.r))
@@ -407,7 +340,7 @@ int ckpt_recv(const struct hv_ops *ops, struct chan *c, unsigned timeout_ms,
 					 strerror(-err));
 			break;
 		case REC_SYNC:
-			err = send_msg(c, MIG_MSG_SYNC, 0, NULL);
+			err = mig_msg_send(c, MIG_MSG_SYNC, 0, NULL);
 			break;
 		case REC_END:
 			log_info("replication ended by the primary after "
@@ -434,17 +367,17 @@ int ckpt_recv(const struct hv_ops *ops, struct chan *c, unsigned timeout_ms,
 			 "discarded",
 			 (unsigned long long)rc.r.epoch);
 	/* Tell the primary why, if it still listens; then it resyncs. */
-	send_msg(c, MIG_MSG_ERR, err, rp->msg);
+	mig_msg_send(c, MIG_MSG_ERR, err, rp->msg);
 	log_err("replication stream failed: %s; the replica stays at epoch "
 		"%llu%s",
 		rp->msg, (unsigned long long)rp->epoch,
 		rp->complete ? "" : " (none complete: nothing to fail over to)");
 out:
-	base_release(&rc);
+	snap_pages_release(&rc.sp);
 	stage_clear(&rc);
 	diskrep_stage_fini(&rc.disk);
 	stream_reader_fini(&rc.r);
-	free(rc.received);
+	free(rc.sp.received);
 	free(rc.vcpus);
 	free(rc.pfns);
 	free(rc.pages);

@@ -68,6 +68,15 @@ struct ctl_client {
 	unsigned gen; /* bumped per connection, to spot a reused slot */
 };
 
+/* A client waiting for the deferred reply of a long command (migrate,
+ * protect), with the progress events it asked for; the loop's only. */
+struct ctl_waiter {
+	struct ctl_client *cl; /* NULL: nobody waits */
+	unsigned gen;	       /* cl->gen when it asked: a reused slot is not it */
+	json_t *id;	       /* the request's "id", echoed in every line */
+	bool progress;
+};
+
 /* TLS settings of a migration, with room for the strings. */
 struct mig_tls {
 	struct chan_tls_cfg cfg;
@@ -92,10 +101,7 @@ struct mig_job {
 	char to[256];
 	struct mig_tls tls;
 	struct mig_params p;
-	struct ctl_client *client; /* waiting for the reply, or NULL */
-	unsigned client_gen;
-	bool want_progress;
-	json_t *id;
+	struct ctl_waiter w; /* the migrate command's client */
 	/* destination */
 	int lfd;
 	unsigned timeout_ms;
@@ -124,10 +130,7 @@ struct prot_job {
 	int err;
 	char msg[320];
 	/* the protect command's client, until the first epoch commits */
-	struct ctl_client *client;
-	unsigned client_gen;
-	bool want_progress;
-	json_t *id;
+	struct ctl_waiter w;
 	uint64_t t0;
 };
 
@@ -466,12 +469,63 @@ static void *mig_send_main(void *arg)
 	return NULL;
 }
 
-/* The client waiting for the migration's reply, if it is still there. */
-static struct ctl_client *mig_client(struct mig_job *j)
+static void waiter_set(struct ctl_waiter *w, struct ctl_client *cl,
+		       json_t *req, bool progress)
 {
-	struct ctl_client *cl = j->client;
+	w->cl = cl;
+	w->gen = cl->gen;
+	w->id = json_incref(json_object_get(req, "id"));
+	w->progress = progress;
+	cl->waiting = true;
+}
 
-	return cl && cl->in_use && cl->gen == j->client_gen ? cl : NULL;
+/* The waiting client, if it is still connected. */
+static struct ctl_client *waiter_client(const struct ctl_waiter *w)
+{
+	struct ctl_client *cl = w->cl;
+
+	return cl && cl->in_use && cl->gen == w->gen ? cl : NULL;
+}
+
+/* A progress event, if the client wants them. */
+static void waiter_progress(struct ctl_waiter *w, const struct mig_progress *pr)
+{
+	struct ctl_client *cl = waiter_client(w);
+	json_t *ev;
+
+	if (!cl || !w->progress)
+		return;
+	ev = mig_progress_json(pr);
+	json_object_set_new(ev, "event", json_string("progress"));
+	if (w->id)
+		json_object_set(ev, "id", w->id);
+	client_reply(cl, ev);
+}
+
+/* The final reply (taken); the client reads requests again. */
+static void waiter_reply(struct ctl_waiter *w, json_t *rep)
+{
+	struct ctl_client *cl = waiter_client(w);
+
+	if (w->id)
+		json_object_set(rep, "id", w->id);
+	json_decref(w->id);
+	*w = (struct ctl_waiter){0};
+	if (cl) {
+		client_reply(cl, rep);
+		client_resume(cl);
+	} else {
+		json_decref(rep);
+	}
+}
+
+/* The command failed to start: nobody waits after all. */
+static void waiter_drop(struct ctl_waiter *w)
+{
+	if (w->cl)
+		w->cl->waiting = false;
+	json_decref(w->id);
+	*w = (struct ctl_waiter){0};
 }
 
 static json_t *mig_summary(const struct mig_stats *st)
@@ -502,7 +556,6 @@ static json_t *mig_summary(const struct mig_stats *st)
 static void mig_send_async(struct vm *vm)
 {
 	struct mig_job *j = &vm->mig;
-	struct ctl_client *cl = mig_client(j);
 	struct mig_progress pr;
 	bool prog_new, done;
 	json_t *rep;
@@ -513,13 +566,8 @@ static void mig_send_async(struct vm *vm)
 	j->prog_new = false;
 	done = j->phase == MIG_DONE;
 	pthread_mutex_unlock(&j->lock);
-	if (prog_new && cl && j->want_progress && !done) {
-		rep = mig_progress_json(&pr);
-		json_object_set_new(rep, "event", json_string("progress"));
-		if (j->id)
-			json_object_set(rep, "id", j->id);
-		client_reply(cl, rep);
-	}
+	if (prog_new && !done)
+		waiter_progress(&j->w, &pr);
 	if (!done)
 		return;
 	pthread_join(j->thread, NULL);
@@ -545,16 +593,7 @@ static void mig_send_async(struct vm *vm)
 	json_decref(vm->last_mig);
 	vm->last_mig = json_deep_copy(rep);
 	json_object_set_new(vm->last_mig, "to", json_string(j->to));
-	if (j->id)
-		json_object_set(rep, "id", j->id);
-	json_decref(j->id);
-	j->id = NULL;
-	if (cl) {
-		client_reply(cl, rep);
-		client_resume(cl);
-	} else {
-		json_decref(rep);
-	}
+	waiter_reply(&j->w, rep);
 }
 
 /* Copy an optional string member into dst; false if it is not a string
@@ -692,22 +731,17 @@ static json_t *cmd_migrate(struct vm *vm, json_t *req, struct ctl_client *cl)
 	memset(&j->st, 0, sizeof(j->st));
 	j->cancel = j->prog_new = false;
 	memset(&j->prog, 0, sizeof(j->prog));
-	j->client = cl;
-	j->client_gen = cl->gen;
-	j->want_progress = progress;
-	j->id = json_incref(json_object_get(req, "id"));
+	waiter_set(&j->w, cl, req, progress);
 	j->phase = MIG_ACTIVE;
 	err = -pthread_create(&j->thread, NULL, mig_send_main, j);
 	if (err) {
 		j->phase = MIG_NONE;
-		json_decref(j->id);
-		j->id = NULL;
+		waiter_drop(&j->w);
 		return reply_err("cannot start the migration: %s",
 				 strerror(-err));
 	}
 	log_info("migrating to %s%s", j->to,
 		 insecure ? " (insecure: plain TCP)" : "");
-	cl->waiting = true;
 	return NULL; /* the reply comes when it ends */
 }
 
@@ -1056,30 +1090,6 @@ static void *prot_main(void *arg)
 	return NULL;
 }
 
-static struct ctl_client *prot_client(struct prot_job *j)
-{
-	struct ctl_client *cl = j->client;
-
-	return cl && cl->in_use && cl->gen == j->client_gen ? cl : NULL;
-}
-
-static void prot_reply(struct prot_job *j, json_t *rep)
-{
-	struct ctl_client *cl = prot_client(j);
-
-	if (j->id)
-		json_object_set(rep, "id", j->id);
-	json_decref(j->id);
-	j->id = NULL;
-	j->client = NULL;
-	if (cl) {
-		client_reply(cl, rep);
-		client_resume(cl);
-	} else {
-		json_decref(rep);
-	}
-}
-
 /* Stop the worker and wait for it (the loop blocks at most an ack
  * timeout); with `now`, cut the connection instead of ending cleanly. */
 static void prot_join(struct prot_job *j, bool now)
@@ -1097,12 +1107,9 @@ static void prot_join(struct prot_job *j, bool now)
 	pthread_mutex_lock(&j->lock);
 	j->done = j->protected_ev = j->prog_new = false;
 	pthread_mutex_unlock(&j->lock);
-	if (j->client) {
-		json_t *rep = reply_err("protection was stopped before it "
-					"began");
-
-		prot_reply(j, rep);
-	}
+	if (j->w.cl)
+		waiter_reply(&j->w, reply_err("protection was stopped before "
+					      "it began"));
 }
 
 /* The loop's side of the protection worker. */
@@ -1113,7 +1120,6 @@ static void prot_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 	struct ckpt_stats *st;
 	struct mig_progress pr;
 	bool prog_new, prot, done;
-	struct ctl_client *cl;
 	char msg[sizeof(j->msg)];
 	int err;
 
@@ -1132,16 +1138,9 @@ static void prot_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 	if (!st)
 		return;
 	ckpt_get_stats(j->ck, st);
-	cl = prot_client(j);
-	if (prog_new && cl && j->want_progress && !prot && !done) {
-		json_t *ev = mig_progress_json(&pr);
-
-		json_object_set_new(ev, "event", json_string("progress"));
-		if (j->id)
-			json_object_set(ev, "id", j->id);
-		client_reply(cl, ev);
-	}
-	if (prot && j->client) {
+	if (prog_new && !prot && !done)
+		waiter_progress(&j->w, &pr);
+	if (prot && j->w.cl) {
 		json_t *rep = mig_summary(&st->sync);
 
 		json_object_set_new(rep, "state", json_string("protected"));
@@ -1150,7 +1149,7 @@ static void prot_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		json_object_set_new(rep, "backup", json_string(j->to));
 		json_object_set_new(rep, "sync_ms",
 				    json_real((double)(now_ns() - j->t0) / 1e6));
-		prot_reply(j, rep);
+		waiter_reply(&j->w, rep);
 	}
 	if (!done)
 		goto out;
@@ -1161,11 +1160,11 @@ static void prot_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 	if (!err) {
 		ckpt_close(j->ck);
 		j->ck = NULL;
-	} else if (j->client) {
+	} else if (j->w.cl) {
 		/* The initial synchronisation failed. */
-		prot_reply(j, json_pack("{s:b, s:s, s:s}", "ok", 0, "error",
-					msg, "state",
-					ckpt_state_name(st->state)));
+		waiter_reply(&j->w,
+			     json_pack("{s:b, s:s, s:s}", "ok", 0, "error", msg,
+				       "state", ckpt_state_name(st->state)));
 		if (st->state == CKPT_IDLE) {
 			ckpt_close(j->ck);
 			j->ck = NULL;
@@ -1259,16 +1258,11 @@ static json_t *cmd_protect(struct vm *vm, json_t *req, struct ctl_client *cl)
 	j->done = j->protected_ev = j->prog_new = false;
 	j->msg[0] = 0;
 	pthread_mutex_unlock(&j->lock);
-	j->client = cl;
-	j->client_gen = cl->gen;
-	j->want_progress = progress;
-	j->id = json_incref(json_object_get(req, "id"));
+	waiter_set(&j->w, cl, req, progress);
 	j->t0 = now_ns();
 	err = -pthread_create(&j->thread, NULL, prot_main, j);
 	if (err) {
-		json_decref(j->id);
-		j->id = NULL;
-		j->client = NULL;
+		waiter_drop(&j->w);
 		return reply_err("cannot start protection: %s",
 				 strerror(-err));
 	}
@@ -1276,7 +1270,6 @@ static json_t *cmd_protect(struct vm *vm, json_t *req, struct ctl_client *cl)
 	log_info("protecting: backup %s, epochs every %llu ms%s", j->to,
 		 (unsigned long long)interval,
 		 tls.cfg.insecure ? " (insecure: plain TCP)" : "");
-	cl->waiting = true;
 	return NULL; /* the reply comes with the first committed epoch */
 }
 

@@ -11,6 +11,7 @@
 
 #include "diskrep.h"
 #include "log.h"
+#include "migrate/snapshot.h"
 #include "stream_state.h"
 
 /* One captured or staged write; its data follows, padded to 8 bytes. */
@@ -303,20 +304,10 @@ struct apply_ctx {
 
 static int apply_one(void *ctx, const struct wr_hdr *h, const void *data)
 {
-	static const unsigned char zeros[HV_DISK_BLOCK];
 	struct apply_ctx *ac = ctx;
-	int err = 0;
+	int err = snap_disk_write(ac->ops, ac->d, h->disk, h->off, h->len,
+				  data);
 
-	if (data)
-		err = ac->ops->disk_write(ac->d, h->disk, h->off, data, h->len);
-	for (uint32_t done = 0; !data && !err && done < h->len;) {
-		uint32_t n = h->len - done < sizeof(zeros) ? h->len - done
-							    : sizeof(zeros);
-
-		err = ac->ops->disk_write(ac->d, h->disk, h->off + done, zeros,
-					  n);
-		done += n;
-	}
 	if (err)
 		log_err("diskrep: disk %u: writing %u bytes at %llu: %s",
 			h->disk, h->len, (unsigned long long)h->off,

@@ -159,8 +159,8 @@ set_error(struct mig_stats *st, const char *fmt, ...)
 	va_end(ap);
 }
 
-static int send_msg(struct chan *c, const char *magic, int err,
-		    const char *text)
+int mig_msg_send(struct chan *c, const char *magic, int err,
+		 const char *text)
 {
 	struct mig_msg m = { .err = htole32((uint32_t)-err) };
 	size_t len = text ? strnlen(text, MIG_MSG_TEXT_MAX) : 0;
@@ -519,25 +519,42 @@ static const char *decision_name(enum mig_decision dc)
 }
 
 /* A channel error in words an operator can act on. */
-static const char *chan_error_text(int err)
+const char *mig_chan_error(int err, const char *peer, char *buf,
+			   size_t len)
 {
+	const char *what;
+
 	switch (err) {
 	case -ETIMEDOUT:
-		return "the destination fell silent (dead, or the link is "
-		       "down)";
+		what = "fell silent (dead, or the link is down)";
+		break;
 	case -EPIPE:
 	case -ECONNRESET:
-		return "the destination closed the connection";
+		what = "closed the connection";
+		break;
 	case -ENETUNREACH:
 	case -EHOSTUNREACH:
 	case -ENETDOWN:
-		return "the network to the destination is down";
+		snprintf(buf, len, "the network to the %s is down", peer);
+		return buf;
 	case -EPROTO:
-		return "the TLS session failed (a damaged record or a TLS "
-		       "alert from the destination; see its log)";
+		snprintf(buf, len, "the TLS session failed (a damaged record "
+			 "or a TLS alert from the %s; see its log)", peer);
+		return buf;
 	default:
 		return NULL;
 	}
+	snprintf(buf, len, "the %s %s", peer, what);
+	return buf;
+}
+
+/* mig_chan_error for `peer`, or strerror. */
+static const char *chan_error_text(int err, const char *peer)
+{
+	static __thread char buf[160];
+	const char *why = mig_chan_error(err, peer, buf, sizeof(buf));
+
+	return why ? why : strerror(-err);
 }
 
 /* Throttle the guest while it dirties more than half of what a round
@@ -785,11 +802,9 @@ static int commit(struct mig_sender *s)
 		err = read_msg(s->c, magic, &rerr, text, sizeof(text));
 	while (!err && !strcmp(magic, MIG_MSG_SYNC));
 	if (err) {
-		const char *why = chan_error_text(err);
-
 		set_error(s->st, "no answer from the destination after the "
 			  "last page: %s",
-			  why ? why : strerror(-err));
+			  chan_error_text(err, "destination"));
 		return err;
 	}
 	if (!strcmp(magic, MIG_MSG_ERR)) {
@@ -805,7 +820,7 @@ static int commit(struct mig_sender *s)
 		return -EBADMSG;
 	}
 	/* Point of no return: from here the source never resumes itself. */
-	err = send_msg(s->c, MIG_MSG_GO, 0, NULL);
+	err = mig_msg_send(s->c, MIG_MSG_GO, 0, NULL);
 	if (!err)
 		err = read_msg(s->c, magic, &rerr, text, sizeof(text));
 	if (!err && !strcmp(magic, MIG_MSG_RUN))
@@ -914,10 +929,8 @@ int mig_send(const struct hv_ops *ops, struct hv_domain *d, struct chan *c,
 	}
 out_fini:
 	if (err && err != -EINPROGRESS && !st->error[0]) {
-		const char *why = chan_error_text(err);
-
 		set_error(st, "%s after %u rounds%s",
-			  why ? why : strerror(-err), st->rounds,
+			  chan_error_text(err, "destination"), st->rounds,
 			  paused ? " (in stop-and-copy)" : "");
 		log_err("migration failed: %s", st->error);
 	}
@@ -997,10 +1010,9 @@ int mig_presync(const struct hv_ops *ops, struct hv_domain *d, struct chan *c,
 	if (!err)
 		err = sync_receiver(&s);
 	if (err && !st->error[0]) {
-		const char *why = chan_error_text(err);
-
+		/* checkpointing's initial sync: the peer is the backup */
 		set_error(st, "%s after %u rounds",
-			  why ? why : strerror(-err), st->rounds);
+			  chan_error_text(err, "backup"), st->rounds);
 	}
 	if (err) {
 		log_err("initial synchronisation failed: %s", st->error);
@@ -1026,7 +1038,7 @@ int mig_presync(const struct hv_ops *ops, struct hv_domain *d, struct chan *c,
 /* SYNC: everything before it is applied; say so. */
 static int on_sync(void *ctx, uint64_t seq)
 {
-	return send_msg(ctx, MIG_MSG_SYNC, 0, NULL);
+	return mig_msg_send(ctx, MIG_MSG_SYNC, 0, NULL);
 }
 
 /* After ERR: keep reading (and dropping) what the sender still sends for
@@ -1060,7 +1072,7 @@ int mig_recv(const struct hv_ops *ops, const void *cfg, struct chan *c,
 	if (err)
 		goto fail;
 	t_ready = now_ns();
-	err = send_msg(c, MIG_MSG_READY, 0, NULL);
+	err = mig_msg_send(c, MIG_MSG_READY, 0, NULL);
 	if (err) {
 		snprintf(why, sizeof(why), "cannot confirm the stream: %s",
 			 strerror(-err));
@@ -1087,7 +1099,7 @@ int mig_recv(const struct hv_ops *ops, const void *cfg, struct chan *c,
 			 strerror(-err));
 		goto fail;
 	}
-	werr = send_msg(c, MIG_MSG_RUN, 0, NULL);
+	werr = mig_msg_send(c, MIG_MSG_RUN, 0, NULL);
 	if (werr)
 		log_warn("migration: the VM runs here, but the source was not "
 			 "told (%s): it must ask",
@@ -1098,7 +1110,7 @@ fail:
 	if (!why[0])
 		snprintf(why, sizeof(why), "%s", strerror(-err));
 	log_err("incoming migration failed: %s", why);
-	werr = send_msg(c, MIG_MSG_ERR, err, why);
+	werr = mig_msg_send(c, MIG_MSG_ERR, err, why);
 	if (werr && werr != err)
 		log_err("migration: cannot send the error to the source: %s",
 			strerror(-werr));

@@ -163,6 +163,17 @@ struct mig_msg {
 };
 _Static_assert(sizeof(struct mig_msg) == 16, "mig_msg is wire format");
 
+/* Send one commit message (MIG_MSG_*; `err` and `text` for ERR) and
+ * flush.  0 or the channel's -errno.  Shared with checkpoint/. */
+int mig_msg_send(struct chan *c, const char *magic, int err,
+		 const char *text);
+
+/* A sentence for a channel error talking to `peer` ("destination",
+ * "backup") in buf, e.g. "the backup fell silent (dead, or the link is
+ * down)"; NULL for errors without one (use strerror). */
+const char *mig_chan_error(int err, const char *peer, char *buf,
+			   size_t len);
+
 /* Fill `p` with the defaults (auto-converge on, default policy). */
 void mig_params_init(struct mig_params *p);
 

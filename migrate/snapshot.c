@@ -116,79 +116,86 @@ out_free:
 	return err;
 }
 
-struct restore_ctx {
-	const struct hv_ops *ops;
-	struct hv_domain *d;
-	uint64_t *received; /* frames delivered in this stream (XOR bases) */
-	void *base;	    /* the frame mapped for the reader's base_cb */
-};
-
-static void base_release(struct restore_ctx *rc)
+void snap_pages_release(struct snap_pages *sp)
 {
-	if (rc->base)
-		rc->ops->unmap(rc->d, &rc->base, 1);
-	rc->base = NULL;
+	if (sp->base)
+		sp->ops->unmap(sp->d, &sp->base, 1);
+	sp->base = NULL;
 }
 
-/* stream_base_cb: our copy of a frame this stream delivered before. */
-static const void *restore_base(void *ctx, uint64_t pfn)
+const void *snap_pages_base(void *ctx, uint64_t pfn)
 {
-	struct restore_ctx *rc = ctx;
+	struct snap_pages *sp = ctx;
 
-	base_release(rc);
-	if (!(rc->received[pfn / 64] >> (pfn % 64) & 1))
+	snap_pages_release(sp);
+	if (!(sp->received[pfn / 64] >> (pfn % 64) & 1))
 		return NULL;
-	if (rc->ops->map(rc->d, &pfn, 1, &rc->base))
-		rc->base = NULL;
-	return rc->base;
+	if (sp->ops->map(sp->d, &pfn, 1, &sp->base))
+		sp->base = NULL;
+	return sp->base;
 }
 
-static int restore_page(void *ctx, uint64_t pfn, const void *page)
+int snap_pages_store(void *ctx, uint64_t pfn, const void *page)
 {
-	struct restore_ctx *rc = ctx;
+	struct snap_pages *sp = ctx;
 	void *dst;
 	int err;
 
-	base_release(rc);
-	err = rc->ops->map(rc->d, &pfn, 1, &dst);
+	snap_pages_release(sp);
+	err = sp->ops->map(sp->d, &pfn, 1, &dst);
 	if (err)
 		return err;
 	memcpy(dst, page, HV_PAGE_SIZE);
-	rc->ops->unmap(rc->d, &dst, 1);
-	rc->received[pfn / 64] |= 1ULL << (pfn % 64);
+	sp->ops->unmap(sp->d, &dst, 1);
+	sp->received[pfn / 64] |= 1ULL << (pfn % 64);
 	return 0;
 }
 
-/* Apply a DISK_WRITE record to the domain being built. */
-static int restore_disk(struct restore_ctx *rc, struct stream_reader *r,
-			const struct stream_rec *rec)
+int snap_disk_write(const struct hv_ops *ops, struct hv_domain *d,
+		    uint32_t disk, uint64_t off, uint32_t len, const void *data)
 {
 	static const unsigned char zeros[HV_DISK_BLOCK];
-	struct stream_disk_write dw;
+	int err = 0;
+
+	if (data)
+		return ops->disk_write(d, disk, off, data, len);
+	for (uint32_t done = 0; !err && done < len;) {
+		uint32_t n = len - done < sizeof(zeros) ? len - done
+						       : sizeof(zeros);
+
+		err = ops->disk_write(d, disk, off + done, zeros, n);
+		done += n;
+	}
+	return err;
+}
+
+int snap_disk_record(const struct hv_ops *ops, struct hv_domain *d,
+		     struct stream_reader *r, const struct stream_rec *rec,
+		     struct stream_disk_write *dw)
+{
 	uint64_t size = 0;
 	uint32_t idx;
-	int err;
 
 	/* stream_next enforced the header's length; the decoder checks the
 	 * rest, with the size of the disk the record names (0: none). */
 	memcpy(&idx, rec->body, sizeof(idx));
-	if (rc->ops->disk_info &&
-	    rc->ops->disk_info(rc->d, le32toh(idx), &size))
+	if (ops->disk_info && ops->disk_info(d, le32toh(idx), &size))
 		size = 0;
-	err = stream_decode_disk(r, rec, size, &dw);
+	return stream_decode_disk(r, rec, size, dw);
+}
+
+/* Apply a DISK_WRITE record to the domain being built. */
+static int restore_disk(struct snap_pages *rc, struct stream_reader *r,
+			const struct stream_rec *rec)
+{
+	struct stream_disk_write dw;
+	int err;
+
+	err = snap_disk_record(rc->ops, rc->d, r, rec, &dw);
 	if (err)
 		return err;
-	if (dw.data)
-		err = rc->ops->disk_write(rc->d, dw.disk, dw.offset, dw.data,
-					  dw.len);
-	for (uint32_t done = 0; !dw.data && !err && done < dw.len;
-	     done += sizeof(zeros)) {
-		uint32_t n = dw.len - done < sizeof(zeros) ? dw.len - done
-							    : sizeof(zeros);
-
-		err = rc->ops->disk_write(rc->d, dw.disk, dw.offset + done,
-					  zeros, n);
-	}
+	err = snap_disk_write(rc->ops, rc->d, dw.disk, dw.offset, dw.len,
+			      dw.data);
 	if (err)
 		return stream_rec_fail(r, rec, err,
 				       "disk %u: writing %u bytes at %llu: %s",
@@ -212,7 +219,7 @@ int snap_restore_msg(const struct hv_ops *ops, const void *cfg,
 	struct stream_reader r;
 	struct ft_stream_hdr hdr;
 	struct stream_rec rec;
-	struct restore_ctx rc = { .ops = ops };
+	struct snap_pages rc = { .ops = ops };
 	struct hv_dom_info info;
 	struct hv_vcpu_state *vs;
 	struct hv_dev_rec dev;
@@ -250,9 +257,9 @@ int snap_restore_msg(const struct hv_ops *ops, const void *cfg,
 			break;
 		}
 		case REC_PAGE_BATCH:
-			err = stream_decode_pages2(&r, &rec, restore_page, &rc,
-						   restore_base);
-			base_release(&rc);
+			err = stream_decode_pages2(&r, &rec, snap_pages_store,
+						   &rc, snap_pages_base);
+			snap_pages_release(&rc);
 			break;
 		case REC_VCPU_X86:
 			/* The reader rejects duplicate and out-of-range

@@ -45,4 +45,37 @@ int snap_restore_msg(const struct hv_ops *ops, const void *cfg,
 		     char *msg, size_t len,
 		     int (*on_sync)(void *ctx, uint64_t seq), void *ctx);
 
+/*
+ * Building a domain from a stream, shared with checkpoint/'s backup.
+ *
+ * snap_pages: a stream_page_cb (snap_pages_store: copy the page into the
+ * domain's frame, remember it arrived) and a stream_base_cb
+ * (snap_pages_base: the domain's copy of a frame this stream delivered,
+ * mapped until the next call or snap_pages_release) for
+ * stream_decode_pages2.  `received` has one bit per frame, zeroed.
+ */
+struct snap_pages {
+	const struct hv_ops *ops;
+	struct hv_domain *d;
+	uint64_t *received;
+	void *base;
+};
+int snap_pages_store(void *ctx, uint64_t pfn, const void *page);
+const void *snap_pages_base(void *ctx, uint64_t pfn);
+void snap_pages_release(struct snap_pages *sp);
+
+struct stream_reader;
+struct stream_rec;
+struct stream_disk_write;
+
+/* Decode the DISK_WRITE `rec` against the size of the disk of `d` it
+ * names (stream_decode_disk). */
+int snap_disk_record(const struct hv_ops *ops, struct hv_domain *d,
+		     struct stream_reader *r, const struct stream_rec *rec,
+		     struct stream_disk_write *dw);
+
+/* Write `len` bytes at `off` of disk `disk`: `data`, or zeros if NULL. */
+int snap_disk_write(const struct hv_ops *ops, struct hv_domain *d,
+		    uint32_t disk, uint64_t off, uint32_t len, const void *data);
+
 #endif /* SNAPSHOT_H */

@@ -119,6 +119,37 @@ expect_fail 125 'timeout 0: not a whole number' "$FTVM" incoming --listen 127.0.
 expect_fail 125 'bad address|invalid|resolve|port' "$FTVM" incoming --listen nohost:notaport --insecure
 expect_fail 125 'no source connected within 1 s' "$FTVM" incoming --listen 127.0.0.1:0 --insecure --timeout 1
 
+# protect, unprotect, fence, failover: every bad member answered, the VM
+# runs on unprotected.
+expect_reply '{"cmd":"protect"}' 'protect needs \\"to\\"'
+expect_reply '{"cmd":"protect","to":"h:1"}' 'protect needs \\"ca\\", \\"cert\\" and \\"key\\".*insecure'
+expect_reply '{"cmd":"protect","to":"h:1","insecure":true,"interval_ms":4}' 'interval_ms.*5\.\.1000'
+expect_reply '{"cmd":"protect","to":"h:1","insecure":true,"interval_ms":1001}' 'interval_ms.*5\.\.1000'
+expect_reply '{"cmd":"protect","to":"h:1","insecure":true,"timeout_ms":99}' 'timeout_ms.*100\.\.600000'
+expect_reply '{"cmd":"protect","to":"h:1","insecure":true,"netbuf":"tc"}' 'netbuf.*in-process.*nfqueue.*plug'
+expect_reply '{"cmd":"protect","to":"h:1","insecure":true,"netbuf_bytes":100}' 'netbuf_bytes.*65536'
+expect_reply '{"cmd":"protect","to":"h:1","insecure":true,"on_loss":"panic"}' 'on_loss.*hold.*continue'
+expect_reply '{"cmd":"protect","to":"h:1","insecure":true,"delta":1}' 'delta.*true or false'
+expect_reply '{"cmd":"protect","to":"h:1","insecure":true,"netbuf":"nfqueue"}' 'netbuf nfqueue needs the VM.s TAP'
+expect_reply '{"cmd":"unprotect"}' 'not protected'
+expect_reply '{"cmd":"fence"}' 'not protected'
+expect_reply '{"cmd":"failover"}' 'not a backup'
+# nothing listens: a clear failure, nothing held, the VM keeps running
+expect_reply '{"cmd":"protect","to":"127.0.0.1:1","insecure":true}' 'cannot connect to the backup 127\.0\.0\.1:1.*"state":"unprotected"'
+expect_reply '{"cmd":"status"}' '"state":"running"'
+expect_reply '{"cmd":"unprotect"}' 'not protected'
+n=$(spins); wait_for 5 spins_above "$n" || fail "guest stopped after the refused protections"
+expect_fail 2 'protect needs HOST:PORT' "$FTVM" ctl --control "$S" protect
+expect_fail 2 'interval 2: not a whole number in 5\.\.1000' "$FTVM" ctl --control "$S" protect h:1 --interval 2
+expect_fail 2 'netbuf tc: in-process, nfqueue or plug' "$FTVM" ctl --control "$S" protect h:1 --netbuf tc
+expect_fail 2 'on-loss x: hold or continue' "$FTVM" ctl --control "$S" protect h:1 --on-loss x
+expect_fail 2 'netbuf-bytes 1: a size, 64K\.\.1G' "$FTVM" ctl --control "$S" protect h:1 --netbuf-bytes 1
+# ftvm backup refuses what it cannot use, before it listens.
+expect_fail 125 'backup needs --listen' "$FTVM" backup --insecure
+expect_fail 125 'give --ca, --cert and --key.*or --insecure' "$FTVM" backup --listen 127.0.0.1:0
+expect_fail 125 'needs --disk-size' "$FTVM" backup --listen 127.0.0.1:0 --insecure --disk "$T/d.img"
+expect_fail 125 'bad address|invalid|resolve|port' "$FTVM" backup --listen nohost:notaport --insecure
+
 # A second ftvm refuses a live socket.
 expect_fail 125 'in use by another ftvm' "$FTVM" run --image "$GUEST_DIR/hello.elf" \
 	--mem 16M --cmdline spin --control "$S"
