@@ -72,6 +72,18 @@ static void usage(FILE *f)
 	      "[--compress MODE]\n"
 	      "            [--xbzrle SIZE] [--io-timeout MS] [--insecure]\n"
 	      "                         move a running VM to HOST, live\n"
+	      "  protect NAME HOST (--witness HOST | --no-arbiter) "
+	      "[--interval MS]\n"
+	      "            [--grace MS] [--io-timeout MS] [--no-delta] "
+	      "[--insecure]\n"
+	      "                         keep a hot backup of NAME on HOST\n"
+	      "  unprotect NAME         end it (the backup drops its "
+	      "replica)\n"
+	      "  failover NAME [--force]  on the backup: run the replica "
+	      "here now\n"
+	      "  status [NAME]          VMs with their protection "
+	      "(role, state, peer)\n"
+	      "  leases                 a witness's records\n"
 	      "  host                   this host's name, address, peers\n"
 	      "  peers                  which peers answer (TLS, as a "
 	      "migration would)\n"
@@ -440,6 +452,45 @@ static void print_status(json_t *vm)
 		printf("disk:      %s (%s/disk.img)\n", disk, jstr(vm, "dir"));
 	}
 	printf("console:   %s\n", jstr(vm, "console"));
+	if (json_object_get(vm, "protection")) {
+		json_t *p = json_object_get(vm, "protection");
+		json_t *hb = json_object_get(p, "heartbeat");
+		json_t *fo = json_object_get(p, "failover");
+		bool primary = !strcmp(jstr(p, "role"), "primary");
+
+		printf("protection: %s, %s (%s %s, witness %s, generation "
+		       "%lld)\n",
+		       jstr(p, "role"), jstr(p, "state"),
+		       primary ? "backup" : "primary",
+		       jstr(p, primary ? "backup" : "primary"),
+		       jstr(p, "witness"), (long long)jnum(p, "generation"));
+		if (*jstr(p, "reason"))
+			printf("            %s\n", jstr(p, "reason"));
+		if (json_is_object(hb))
+			printf("heartbeat:  %s %s\n", jstr(hb, "host"),
+			       json_is_true(json_object_get(hb, "up"))
+				       ? "up"
+				       : jstr(hb, "error"));
+		if (*jstr(p, "warning"))
+			printf("WARNING:    %s\n", jstr(p, "warning"));
+		if (json_is_object(fo))
+			printf("failover:   from %s at epoch %lld: running "
+			       "%.1f ms after the primary was lost (ftvm "
+			       "%.1f ms)\n",
+			       jstr(fo, "from"), (long long)jnum(fo, "epoch"),
+			       jnum(fo, "since_primary_lost_ms"),
+			       jnum(fo, "failover_ms"));
+	}
+	if (f && json_is_object(json_object_get(f, "protection"))) {
+		json_t *p = json_object_get(f, "protection");
+
+		printf("epochs:     %lld (every %lld ms), pause p50 %.0f us "
+		       "p99 %.0f us, ack p99 %.1f ms\n",
+		       (long long)jnum(p, "epochs"),
+		       (long long)jnum(p, "interval_ms"),
+		       jnum(p, "pause_p50_us"), jnum(p, "pause_p99_us"),
+		       jnum(p, "ack_p99_ms"));
+	}
 	if (m && *jstr(m, "to"))
 		printf("migration: to %s, %s, %.1f s\n", jstr(m, "to"),
 		       jstr(m, "phase"), jnum(m, "elapsed_s"));
@@ -614,6 +665,7 @@ struct progress {
 	int last_round;
 	double last_print;
 	const char *name, *host;
+	const char *verb; /* "migrating %s to %s" */
 };
 
 static double now_s(void)
@@ -652,9 +704,9 @@ static void progress_event(struct progress *p, json_t *ev)
 	fmt_size(rate, sizeof(rate), jnum(ev, "rate"));
 	eta = jnum(ev, "eta_ms") / 1000.0;
 	snprintf(line, sizeof(line),
-		 "migrating %s to %s: %s %d, %s dirty, %s/s, ETA %.1f s, "
+		 "%s %s to %s: %s %d, %s dirty, %s/s, ETA %.1f s, "
 		 "%s sent%s",
-		 p->name, p->host,
+		 p->verb ? p->verb : "migrating", p->name, p->host,
 		 json_is_true(json_object_get(ev, "paused")) ? "final round"
 							     : "round",
 		 round, rem, rate, eta, sent,
@@ -902,6 +954,360 @@ static int cmd_peers(int argc, char **argv)
 	return rc;
 }
 
+/* ---- protection ---- */
+
+static int protect_help(FILE *f)
+{
+	fputs("usage: ftctl protect NAME HOST (--witness HOST | --no-arbiter)\n"
+	      "                     [--interval MS] [--grace MS] "
+	      "[--io-timeout MS]\n"
+	      "                     [--no-delta] [--insecure]\n"
+	      "\n"
+	      "Keep a hot backup of the running VM NAME on HOST: a full copy "
+	      "first\n"
+	      "(progress on stderr), then a checkpoint every interval.  The "
+	      "VM's network\n"
+	      "output leaves this host only once the backup has the state "
+	      "that produced\n"
+	      "it.  If this host dies, HOST runs NAME from the last "
+	      "checkpoint.\n"
+	      "\n"
+	      "  --witness HOST  a third host (ftd --witness) that decides "
+	      "who runs NAME\n"
+	      "                  when the two lose sight of each other\n"
+	      "  --no-arbiter    no witness: HOST takes over whenever it "
+	      "stops hearing\n"
+	      "                  from this host - a partition leaves two "
+	      "live copies\n"
+	      "  --interval MS   checkpoint interval, 5..1000 (default 25)\n"
+	      "  --grace MS      how long a lost backup may come back before "
+	      "NAME goes\n"
+	      "                  on alone, unprotected (default 1000; output "
+	      "held meanwhile)\n"
+	      "  --io-timeout MS a backup silent this long is lost "
+	      "(default 3000)\n"
+	      "  --no-delta      send whole pages, not xor deltas\n"
+	      "  --insecure      plain TCP for the checkpoints (no TLS): "
+	      "benchmarks only\n"
+	      "\n"
+	      "Exit status 0: NAME is protected (its first checkpoint "
+	      "committed); 1: it\n"
+	      "is not, and runs on here as before.\n",
+	      f);
+	return f == stdout ? 0 : EXIT_USAGE;
+}
+
+static long ms_arg(const char *opt, const char *s, long lo, long hi)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || end == s || *end || v < lo || v > hi)
+		die_usage("--%s %s: milliseconds, %ld..%ld", opt, s, lo, hi);
+	return v;
+}
+
+static int cmd_protect(int argc, char **argv)
+{
+	enum { O_WITNESS = 1, O_NOARB, O_INTERVAL, O_GRACE, O_IOTMO, O_NODELTA,
+	       O_INSECURE, O_HELP };
+	static const struct option opts[] = {
+		{ "witness", required_argument, NULL, O_WITNESS },
+		{ "no-arbiter", no_argument, NULL, O_NOARB },
+		{ "interval", required_argument, NULL, O_INTERVAL },
+		{ "grace", required_argument, NULL, O_GRACE },
+		{ "io-timeout", required_argument, NULL, O_IOTMO },
+		{ "no-delta", no_argument, NULL, O_NODELTA },
+		{ "insecure", no_argument, NULL, O_INSECURE },
+		{ "help", no_argument, NULL, O_HELP },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct progress p = { .last_round = -1,
+			      .verb = "initial sync of" };
+	json_t *req = json_object(), *j;
+	struct conn *c;
+	int o, rc = EXIT_FAILED;
+
+	optind = 0;
+	while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (o) {
+		case O_WITNESS:
+			if (!name_arg_ok(optarg))
+				die_usage("--witness %s: not a host name",
+					  optarg);
+			json_object_set_new(req, "witness",
+					    json_string(optarg));
+			break;
+		case O_NOARB:
+			json_object_set_new(req, "no_arbiter", json_true());
+			break;
+		case O_INTERVAL:
+			json_object_set_new(req, "interval_ms",
+					    json_integer(ms_arg("interval",
+								optarg, 5,
+								1000)));
+			break;
+		case O_GRACE:
+			json_object_set_new(req, "grace_ms",
+					    json_integer(ms_arg("grace", optarg,
+								0, 600000)));
+			break;
+		case O_IOTMO:
+			json_object_set_new(req, "timeout_ms",
+					    json_integer(ms_arg("io-timeout",
+								optarg, 100,
+								600000)));
+			break;
+		case O_NODELTA:
+			json_object_set_new(req, "delta", json_false());
+			break;
+		case O_INSECURE:
+			json_object_set_new(req, "insecure", json_true());
+			break;
+		case 'h':
+		case O_HELP: json_decref(req); return protect_help(stdout);
+		default: json_decref(req); return protect_help(stderr);
+		}
+	}
+	if (argc - optind != 2 || !name_arg_ok(argv[optind]) ||
+	    !name_arg_ok(argv[optind + 1]))
+		die_usage("protect needs NAME and HOST (the backup)");
+	if (!json_object_get(req, "witness") &&
+	    !json_object_get(req, "no_arbiter"))
+		die_usage("protect needs --witness HOST (a third host that "
+			  "decides failovers), or --no-arbiter to run without "
+			  "one at the risk of two live copies after a "
+			  "partition");
+	if (json_object_get(req, "witness") &&
+	    json_object_get(req, "no_arbiter"))
+		die_usage("give --witness or --no-arbiter, not both");
+	p.name = argv[optind];
+	p.host = argv[optind + 1];
+	p.tty = isatty(STDERR_FILENO);
+	json_object_set_new(req, "cmd", json_string("protect"));
+	json_object_set_new(req, "name", json_string(p.name));
+	json_object_set_new(req, "peer", json_string(p.host));
+	if (json_object_get(req, "no_arbiter"))
+		fprintf(stderr,
+			"%s: WARNING: no arbiter: if this host and %s lose "
+			"sight of each other, both may run %s\n",
+			prog, p.host, p.name);
+	c = malloc(sizeof(*c));
+	if (!c || conn_open(c)) {
+		free(c);
+		json_decref(req);
+		return EXIT_FAILED;
+	}
+	if (conn_send(c, req))
+		goto out;
+	while ((j = conn_recv(c))) {
+		if (json_object_get(j, "event")) {
+			if (opt_json)
+				print_json(j);
+			progress_event(&p, j);
+			json_decref(j);
+			continue;
+		}
+		progress_clear(&p);
+		if (!reply_ok(j)) {
+			rc = print_failure(j);
+		} else if (opt_json) {
+			print_json(j);
+			rc = 0;
+		} else {
+			char bytes[32];
+
+			fmt_size(bytes, sizeof(bytes), jnum(j, "bytes"));
+			printf("%s is protected by %s (witness %s, generation "
+			       "%lld): initial sync %.2f s, %s sent\n",
+			       p.name, p.host,
+			       json_is_string(json_object_get(j, "witness"))
+				       ? jstr(j, "witness")
+				       : "none",
+			       (long long)jnum(j, "generation"),
+			       jnum(j, "sync_ms") / 1000.0, bytes);
+			if (*jstr(j, "warning"))
+				printf("WARNING: %s\n", jstr(j, "warning"));
+			rc = 0;
+		}
+		json_decref(j);
+		goto out;
+	}
+	progress_clear(&p);
+	fprintf(stderr,
+		"%s: ftd closed the connection; see 'ftctl status %s'\n", prog,
+		p.name);
+out:
+	close(c->fd);
+	free(c);
+	return rc;
+}
+
+static int cmd_unprotect(int argc, char **argv)
+{
+	json_t *rep;
+
+	if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+		puts("usage: ftctl unprotect NAME\n\nEnd the protection of "
+		     "NAME: it runs on here without a backup; the\nbackup "
+		     "drops its replica.");
+		return 0;
+	}
+	if (argc != 2 || !name_arg_ok(argv[1]))
+		die_usage("unprotect needs exactly one NAME");
+	rep = call_ok(json_pack("{s:s, s:s}", "cmd", "unprotect", "name",
+				argv[1]));
+	if (!rep)
+		return EXIT_FAILED;
+	if (opt_json)
+		print_json(rep);
+	else
+		printf("%s is unprotected: it runs without a backup\n",
+		       argv[1]);
+	json_decref(rep);
+	return 0;
+}
+
+static int cmd_failover(int argc, char **argv)
+{
+	bool force = false;
+	json_t *rep;
+	int i, n = 0;
+	const char *name = NULL;
+
+	for (i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			puts("usage: ftctl failover NAME [--force]\n\n"
+			     "On NAME's backup host: run the replica here "
+			     "now.  The witness must\ngrant it (it does once "
+			     "the primary's lease has run out: a live "
+			     "primary\nkeeps NAME).  --force skips the "
+			     "witness: only when you know the\nprimary is "
+			     "dead, or two copies will run.");
+			return 0;
+		}
+		if (!strcmp(argv[i], "--force"))
+			force = true;
+		else if (n++ == 0)
+			name = argv[i];
+	}
+	if (n != 1 || !name_arg_ok(name))
+		die_usage("failover needs exactly one NAME");
+	rep = call_ok(json_pack("{s:s, s:s, s:b}", "cmd", "failover", "name",
+				name, "force", force));
+	if (!rep)
+		return EXIT_FAILED;
+	if (opt_json)
+		print_json(rep);
+	else
+		printf("%s runs here now, from epoch %lld of %s (%.1f ms)\n",
+		       name, (long long)jnum(rep, "epoch"), jstr(rep, "from"),
+		       jnum(rep, "failover_ms"));
+	json_decref(rep);
+	return 0;
+}
+
+static int cmd_status(int argc, char **argv)
+{
+	json_t *rep, *vm;
+	size_t i;
+
+	if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+		puts("usage: ftctl status [NAME]\n\nNAME's state and "
+		     "protection (role, state, peer, heartbeat, failover);\n"
+		     "without NAME, one line per VM.");
+		return 0;
+	}
+	if (argc > 2 || (argc == 2 && !name_arg_ok(argv[1])))
+		die_usage("status takes at most one NAME");
+	if (argc == 2) {
+		rep = call_ok(json_pack("{s:s, s:s}", "cmd", "status", "name",
+					argv[1]));
+		if (!rep)
+			return EXIT_FAILED;
+		if (opt_json)
+			print_json(rep);
+		else
+			print_status(json_object_get(rep, "vm"));
+		json_decref(rep);
+		return 0;
+	}
+	rep = call_ok(json_pack("{s:s}", "cmd", "list"));
+	if (!rep)
+		return EXIT_FAILED;
+	if (opt_json) {
+		print_json(rep);
+	} else if (!json_array_size(json_object_get(rep, "vms"))) {
+		printf("no VMs\n");
+	} else {
+		printf("%-20s %-10s %-26s %s\n", "NAME", "STATE", "PROTECTION",
+		       "PEER");
+		json_array_foreach(json_object_get(rep, "vms"), i, vm) {
+			json_t *p = json_object_get(vm, "protection");
+			char prot[64] = "-";
+
+			if (p)
+				snprintf(prot, sizeof(prot), "%s %s",
+					 jstr(p, "role"), jstr(p, "state"));
+			printf("%-20s %-10s %-26s %s\n", jstr(vm, "name"),
+			       jstr(vm, "state"), prot,
+			       !p ? ""
+			       : !strcmp(jstr(p, "role"), "primary")
+				       ? jstr(p, "backup")
+				       : jstr(p, "primary"));
+		}
+	}
+	json_decref(rep);
+	return 0;
+}
+
+static int cmd_leases(int argc, char **argv)
+{
+	json_t *rep, *l;
+	size_t i;
+
+	if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+		puts("usage: ftctl leases\n\nOn a witness (ftd --witness): "
+		     "each protected VM it knows, its owner\n(the host that "
+		     "may run it), backup, generation and lease.");
+		return 0;
+	}
+	if (argc > 1)
+		die_usage("leases takes no arguments");
+	rep = call_ok(json_pack("{s:s}", "cmd", "leases"));
+	if (!rep)
+		return EXIT_FAILED;
+	if (opt_json) {
+		print_json(rep);
+	} else if (!json_array_size(json_object_get(rep, "leases"))) {
+		printf("no leases\n");
+	} else {
+		printf("%-20s %-16s %-16s %-6s %s\n", "VM", "OWNER", "BACKUP",
+		       "GEN", "LEASE");
+		json_array_foreach(json_object_get(rep, "leases"), i, l) {
+			char lease[64];
+
+			if (json_is_true(json_object_get(l, "lease_live")))
+				snprintf(lease, sizeof(lease),
+					 "live (%.0f ms left)",
+					 jnum(l, "lease_left_ms"));
+			else
+				snprintf(lease, sizeof(lease), "expired");
+			printf("%-20s %-16s %-16s %-6lld %s%s\n",
+			       jstr(l, "vm"), jstr(l, "owner"),
+			       *jstr(l, "backup") ? jstr(l, "backup") : "-",
+			       (long long)jnum(l, "generation"), lease,
+			       json_is_true(json_object_get(l, "alone"))
+				       ? ", went on alone"
+				       : "");
+		}
+	}
+	json_decref(rep);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	enum { O_SOCKET = 1, O_JSON, O_HELP };
@@ -940,6 +1346,16 @@ int main(int argc, char **argv)
 		return cmd_migrate(argc, argv);
 	if (!strcmp(cmd, "host"))
 		return cmd_host(argc, argv);
+	if (!strcmp(cmd, "protect"))
+		return cmd_protect(argc, argv);
+	if (!strcmp(cmd, "unprotect"))
+		return cmd_unprotect(argc, argv);
+	if (!strcmp(cmd, "failover"))
+		return cmd_failover(argc, argv);
+	if (!strcmp(cmd, "status"))
+		return cmd_status(argc, argv);
+	if (!strcmp(cmd, "leases"))
+		return cmd_leases(argc, argv);
 	if (!strcmp(cmd, "peers"))
 		return cmd_peers(argc, argv);
 	if (!strcmp(cmd, "help")) {

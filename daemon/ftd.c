@@ -511,6 +511,41 @@ static json_t *cmd_resolve(struct ftd *d, json_t *req, struct ctl_req *r)
 	return rep ? rep : mig_resolve_cmd(d, req, r);
 }
 
+static json_t *cmd_protect(struct ftd *d, json_t *req, struct ctl_req *r)
+{
+	static const char *const allowed[] = {
+		"name",	      "peer",	   "witness", "no_arbiter", "insecure",
+		"interval_ms", "timeout_ms", "grace_ms", "delta",	     NULL
+	};
+	json_t *rep = check_members(req, allowed);
+
+	return rep ? rep : ha_protect_cmd(d, req, r);
+}
+
+static json_t *cmd_unprotect(struct ftd *d, json_t *req, struct ctl_req *r)
+{
+	static const char *const allowed[] = { "name", NULL };
+	json_t *rep = check_members(req, allowed);
+
+	return rep ? rep : ha_unprotect_cmd(d, req, r);
+}
+
+static json_t *cmd_failover(struct ftd *d, json_t *req, struct ctl_req *r)
+{
+	static const char *const allowed[] = { "name", "force", NULL };
+	json_t *rep = check_members(req, allowed);
+
+	return rep ? rep : ha_failover_cmd(d, req, r);
+}
+
+static json_t *cmd_leases(struct ftd *d, json_t *req, struct ctl_req *r)
+{
+	static const char *const allowed[] = { NULL };
+	json_t *rep = check_members(req, allowed);
+
+	return rep ? rep : ha_leases_cmd(d, req, r);
+}
+
 static const struct {
 	const char *name;
 	ctl_cmd_fn fn;
@@ -520,6 +555,8 @@ static const struct {
 	{ "status", cmd_status },   { "list", cmd_list },
 	{ "host", cmd_host },	    { "migrate", cmd_migrate },
 	{ "resolve", cmd_resolve }, { "peers", cmd_peers },
+	{ "protect", cmd_protect }, { "unprotect", cmd_unprotect },
+	{ "failover", cmd_failover }, { "leases", cmd_leases },
 };
 
 /* Handle one request line; the reply is sent now or later (busy). */
@@ -783,6 +820,15 @@ static void usage(FILE *f)
 	      "this long\n"
 	      "                     before leaving it to the operator "
 	      "(default 30)\n"
+	      "  --witness          also be a witness: grant leases to "
+	      "protected VMs\n"
+	      "                     of other hosts, decide their failovers\n"
+	      "  --heartbeat MS     heartbeat interval between peers "
+	      "(default 50)\n"
+	      "  --heartbeat-misses N  a peer is lost after N unanswered "
+	      "beats\n"
+	      "                     (default 3); N x MS is also the "
+	      "witness's lease\n"
 	      "  --verbose          debug logging\n"
 	      "  --help             this text\n"
 	      "\n"
@@ -793,7 +839,8 @@ static void usage(FILE *f)
 }
 
 enum { OPT_CONFIG = 1, OPT_STATE, OPT_CONTROL, OPT_LISTEN, OPT_NAME,
-       OPT_FTVM, OPT_PEERS, OPT_INSECURE, OPT_DOUBT, OPT_VERBOSE, OPT_HELP };
+       OPT_FTVM, OPT_PEERS, OPT_INSECURE, OPT_DOUBT, OPT_VERBOSE, OPT_HELP,
+       OPT_WITNESS, OPT_HB, OPT_HB_MISSES };
 
 static const struct option long_opts[] = {
 	{ "config-dir", required_argument, NULL, OPT_CONFIG },
@@ -806,6 +853,9 @@ static const struct option long_opts[] = {
 	{ "insecure-peers", no_argument, NULL, OPT_INSECURE },
 	{ "doubt-limit", required_argument, NULL, OPT_DOUBT },
 	{ "verbose", no_argument, NULL, OPT_VERBOSE },
+	{ "witness", no_argument, NULL, OPT_WITNESS },
+	{ "heartbeat", required_argument, NULL, OPT_HB },
+	{ "heartbeat-misses", required_argument, NULL, OPT_HB_MISSES },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
 };
@@ -866,6 +916,8 @@ static int parse_opts(struct ftd *d, int argc, char **argv)
 	d->control = "/run/ftengine/ftd.sock";
 	d->listen = ":" FTD_PEER_PORT;
 	d->doubt_limit = 30;
+	d->hb_interval_ms = 50;
+	d->hb_misses = 3;
 	while ((c = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
 		switch (c) {
 		case OPT_CONFIG: d->config_dir = optarg; break;
@@ -895,6 +947,31 @@ static int parse_opts(struct ftd *d, int argc, char **argv)
 			break;
 		}
 		case OPT_VERBOSE: log_set_level(LOG_DEBUG); break;
+		case OPT_WITNESS: d->witness = true; break;
+		case OPT_HB:
+		case OPT_HB_MISSES: {
+			char *end;
+			long v, lo = c == OPT_HB ? 10 : 2,
+				hi = c == OPT_HB ? 10000 : 100;
+
+			errno = 0;
+			v = strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end || v < lo ||
+			    v > hi) {
+				log_err("--%s %s: %s, %ld..%ld",
+					c == OPT_HB ? "heartbeat"
+						    : "heartbeat-misses",
+					optarg,
+					c == OPT_HB ? "milliseconds" : "a count",
+					lo, hi);
+				return 2;
+			}
+			if (c == OPT_HB)
+				d->hb_interval_ms = (unsigned)v;
+			else
+				d->hb_misses = (unsigned)v;
+			break;
+		}
 		case 'h':
 		case OPT_HELP: usage(stdout); exit(0);
 		default: usage(stderr); return 2;
@@ -1025,7 +1102,7 @@ int main(int argc, char **argv)
 	if (state_dir_open(&d))
 		return 1;
 	d.loop = EV_DEFAULT;
-	if (vms_load(&d))
+	if (vms_load(&d) || ha_init(&d))
 		return 1;
 	d.ctl_fd = ctl_listen(d.control);
 	if (d.ctl_fd < 0)

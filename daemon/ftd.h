@@ -36,6 +36,8 @@
 
 struct ftd;
 struct ftd_vm;
+struct ha;
+struct ha_host;
 struct ctl_req;
 struct vmcall;
 struct peer_req;
@@ -49,6 +51,7 @@ enum vm_state {
 	VM_MIGRATING, /* source: a migration is under way */
 	VM_IN_DOUBT,  /* source: the go was sent, outcome unknown */
 	VM_MOVED,     /* source: the destination runs it; cleaning up */
+	VM_BACKUP,    /* ftvm backup keeps a replica of another host's VM */
 };
 
 /* A VM definition: STATE/vms/NAME/vm.json. */
@@ -92,6 +95,8 @@ struct ftd_vm {
 	struct vmcall *probe;	  /* status query while incoming */
 	/* source of a migration */
 	struct migration *mig;
+	/* protection, primary or backup (ftd_ha.c) */
+	struct ha *ha;
 };
 
 struct ftd {
@@ -104,6 +109,9 @@ struct ftd {
 	char listen_host[FTD_ADDR_MAX]; /* host part of --listen, maybe "" */
 	bool insecure_peers, peering, peers_explicit;
 	int doubt_limit; /* seconds of asking about an in-doubt migration */
+	bool witness;	 /* --witness: grant leases to protected VMs */
+	unsigned hb_interval_ms, hb_misses; /* heartbeats (ftd_ha.c) */
+	struct ha_host *ha;
 	/* state */
 	struct ftd_vm *vms;
 	int ctl_fd, lock_fd, peer_fd;
@@ -143,6 +151,9 @@ bool name_ok(const char *s);
 int vm_def_from_json(json_t *j, bool check_image, struct vm_def *def,
 		     char *err, size_t errlen);
 json_t *vm_def_to_json(const struct vm_def *def);
+/* A definition from a peer: its console goes to the VM's directory, never
+ * where the peer says. */
+void vm_def_localize(struct vm_def *def);
 void vm_def_free(struct vm_def *def);
 
 /* Load every STATE/vms/NAME; skip (and log) broken ones.  0 or -errno. */
@@ -235,6 +246,53 @@ void peer_req_reply(struct peer_req *pr, json_t *rep);
  * period, issued for d->name)?  0, or -errno with the problem in err. */
 int cert_check(struct ftd *d, char *err, size_t errlen);
 
+/*
+ * A heartbeat link to peer `name`: a thread keeps a channel to it open
+ * and, every interval_ms, sends {"cmd":"hb","from","seq"} plus the
+ * members of the current payload, and reads the answer (waiting at most
+ * timeout_ms).  Each answer goes to cb(d, arg, rep, sent, NULL) on the
+ * loop thread (cb owns rep; `sent` is the ftd_mono() time the beat
+ * left); each failure to cb(d, arg, NULL, 0, why), after which the link
+ * reconnects by itself (at once, then at most once a second).  Nothing
+ * is logged by the link: cb decides.  NULL if no thread could start.
+ */
+struct peer_link;
+typedef void (*link_cb)(struct ftd *d, void *arg, json_t *rep, double sent,
+			const char *err);
+struct peer_link *peer_link_start(struct ftd *d, const char *name,
+				  const char *addr, unsigned interval_ms,
+				  unsigned timeout_ms, link_cb cb, void *arg);
+/* Replace the payload (taken); `now`: send a beat at once. */
+void peer_link_payload(struct peer_link *l, json_t *payload, bool now);
+/* End the link: cb is not called any more; it frees itself. */
+void peer_link_stop(struct peer_link *l);
+/* CLOCK_MONOTONIC in seconds. */
+double ftd_mono(void);
+
+/* ---- ftd_ha.c ---- */
+
+int ha_init(struct ftd *d);
+/* Control commands "protect", "unprotect", "failover", "leases". */
+json_t *ha_protect_cmd(struct ftd *d, json_t *req, struct ctl_req *r);
+json_t *ha_unprotect_cmd(struct ftd *d, json_t *req, struct ctl_req *r);
+json_t *ha_failover_cmd(struct ftd *d, json_t *req, struct ctl_req *r);
+json_t *ha_leases_cmd(struct ftd *d, json_t *req, struct ctl_req *r);
+/* Peer requests of protection ("hb", "ha-*"); false: not one of them. */
+bool ha_peer_dispatch(struct ftd *d, struct peer_req *pr, const char *cmd,
+		      json_t *req, const char *from);
+/* The ftvm of a VM with vm->ha, or in VM_BACKUP, exited (after ftd_vm.c
+ * recorded why).  May destroy the VM. */
+void ha_child_exited(struct ftd_vm *vm);
+/* A line ftvm backup printed on its stdout. */
+void ha_backup_line(struct ftd_vm *vm, const char *line);
+/* The VM's protection for status, or NULL. */
+json_t *ha_status(struct ftd_vm *vm);
+/* May `vm start` run this VM?  Not if it was protected when its ftd
+ * died: another host may run it (err says so). */
+bool ha_vm_startable(struct ftd_vm *vm, char *err, size_t len);
+/* The VM leaves the table. */
+void ha_vm_gone(struct ftd_vm *vm);
+
 /* ---- ftd_migrate.c ---- */
 
 /* Control command "migrate" (source). */
@@ -246,8 +304,10 @@ void peer_dispatch(struct ftd *d, struct peer_req *pr, json_t *req);
 /* The child of a VM in a migration state exited (status already
  * recorded in vm->exit_code / vm->reason). */
 void mig_child_exited(struct ftd_vm *vm);
-/* ftvm incoming's stdout is readable. */
+/* ftvm incoming's (or backup's) stdout is readable. */
 void mig_incoming_out(struct ftd_vm *vm);
+/* Stop reading it and close it. */
+void vm_out_close(struct ftd_vm *vm);
 /* Once a second while the VM is VM_INCOMING (vm->timer_w). */
 void mig_incoming_tick(struct ftd_vm *vm);
 /* Migration state to show in status, or NULL. */

@@ -696,6 +696,11 @@ json_t *mig_start(struct ftd *d, json_t *req, struct ctl_req *r)
 	else if (vm->state != VM_RUNNING)
 		snprintf(err, sizeof(err), "%s is %s, not running", name,
 			 vm_state_name(vm->state));
+	else if (vm->ha)
+		snprintf(err, sizeof(err),
+			 "%s is protected or a backup here: `ftctl unprotect` "
+			 "it first",
+			 name);
 	else if (peers_lookup(d, to, addr, sizeof(addr), err, sizeof(err)))
 		; /* err says why */
 	else if (!json_is_true(v) && cert_check(d, err, sizeof(err)))
@@ -840,7 +845,7 @@ static void reply_prep(struct ftd_vm *vm, json_t *rep)
 		json_decref(rep);
 }
 
-static void out_close(struct ftd_vm *vm)
+void vm_out_close(struct ftd_vm *vm)
 {
 	if (vm->out_fd < 0)
 		return;
@@ -859,7 +864,7 @@ void mig_incoming_out(struct ftd_vm *vm)
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
 	if (n <= 0) {
-		out_close(vm);
+		vm_out_close(vm);
 		return;
 	}
 	vm->out_len += (size_t)n;
@@ -868,7 +873,9 @@ void mig_incoming_out(struct ftd_vm *vm)
 		size_t used = (size_t)(nl + 1 - vm->out);
 
 		*nl = '\0';
-		if (!strncmp(vm->out, LISTEN_PREFIX, strlen(LISTEN_PREFIX)) &&
+		if (vm->state == VM_BACKUP) {
+			ha_backup_line(vm, vm->out);
+		} else if (!strncmp(vm->out, LISTEN_PREFIX, strlen(LISTEN_PREFIX)) &&
 		    vm->prep) {
 			const char *a = vm->out + strlen(LISTEN_PREFIX);
 			const char *colon = strrchr(a, ':');
@@ -899,7 +906,7 @@ static void dest_child_exited(struct ftd_vm *vm)
 
 	if (vm->out_fd >= 0) {
 		mig_incoming_out(vm); /* the last words, if any */
-		out_close(vm);
+		vm_out_close(vm);
 	}
 	/* A probe in flight ends by itself: probe_cb sees vm->gone. */
 	snprintf(why, sizeof(why), "%s", vm->reason);
@@ -1026,16 +1033,7 @@ static void dest_prepare(struct ftd *d, struct peer_req *pr, json_t *req,
 		peer_req_reply(pr, reply_err("bad VM definition: %s", err));
 		return;
 	}
-	/* A console path is the source host's business: here, the VM's
-	 * console goes to its own directory, never where a peer says. */
-	if (def.console[0] == '/') {
-		char *c = strdup("console.log");
-
-		if (c) {
-			free(def.console);
-			def.console = c;
-		}
-	}
+	vm_def_localize(&def);
 	*err = '\0';
 	vm = vm_find(d, def.name);
 	if (vm)
@@ -1189,6 +1187,8 @@ void peer_dispatch(struct ftd *d, struct peer_req *pr, json_t *req)
 		dest_finish(d, pr, req, from);
 	else if (!strcmp(cmd, "vm-state"))
 		dest_vm_state(d, pr, req);
+	else if (ha_peer_dispatch(d, pr, cmd, req, from))
+		; /* answered */
 	else
 		peer_req_reply(pr, reply_err("unknown command \"%s\"", cmd));
 }

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/pem.h>
@@ -41,6 +42,7 @@
 #define PEER_CONNS_MAX 32
 #define PEER_IDLE_MS 30000 /* a connection thread's longest wait */
 #define PEER_CONNECT_MS 5000 /* connection and TLS handshake */
+#define PEER_LINK_CONNECT_MS 1000 /* a heartbeat link's */
 
 /* ---- errors a thread logged, read back for the reply ---- */
 
@@ -86,11 +88,13 @@ void peer_log_init(void)
 /* The detail of the last error, without the channel name in front. */
 static const char *err_detail(void)
 {
-	const char *p = strstr(last_err, ": ");
+	/* A quiet thread (a heartbeat link) writes nothing to the tee. */
+	const char *e = *last_err ? last_err : log_last_err();
+	const char *p = strstr(e, ": ");
 
-	if (!strncmp(last_err, "tls ", 4) || !strncmp(last_err, "tcp ", 4))
-		return p ? p + 2 : last_err;
-	return last_err;
+	if (!strncmp(e, "tls ", 4) || !strncmp(e, "tcp ", 4))
+		return p ? p + 2 : e;
+	return e;
 }
 
 /* ---- posting to the loop ---- */
@@ -383,8 +387,9 @@ struct pcall {
 	char err[1536];
 };
 
-/* A sentence for a failed connection to peer `p`. */
-static void describe_connect(struct pcall *p, int err)
+/* A sentence for a failed connection to peer `name` at `addr`. */
+static void describe_connect(const char *name, const char *addr, int err,
+			     char *out, size_t outlen)
 {
 	const char *detail = err_detail();
 	char why[700];
@@ -410,12 +415,12 @@ static void describe_connect(struct pcall *p, int err)
 			snprintf(why, sizeof(why),
 				 "the TLS handshake failed on a certificate: "
 				 "%s's certificate is not acceptable here: %s",
-				 p->name, detail + 32);
+				 name, detail + 32);
 		else if (!strncmp(detail, "peer refused our certificate", 28))
 			snprintf(why, sizeof(why),
 				 "the TLS handshake failed on a certificate: "
 				 "%s refused this host's certificate%s",
-				 p->name, detail + 28);
+				 name, detail + 28);
 		else
 			snprintf(why, sizeof(why),
 				 "the TLS handshake failed on a certificate: "
@@ -439,8 +444,7 @@ static void describe_connect(struct pcall *p, int err)
 	default:
 		snprintf(why, sizeof(why), "%s", strerror(-err));
 	}
-	snprintf(p->err, sizeof(p->err), "cannot reach %s at %s: %s", p->name,
-		 p->addr, why);
+	snprintf(out, outlen, "cannot reach %s at %s: %s", name, addr, why);
 }
 
 static void pcall_done(struct ftd *d, void *arg)
@@ -476,7 +480,8 @@ static void *pcall_thread(void *arg)
 				       : PEER_CONNECT_MS,
 			       &c);
 	if (err) {
-		describe_connect(p, err);
+		describe_connect(p->name, p->addr, err, p->err,
+				 sizeof(p->err));
 		goto out;
 	}
 	chan_set_timeout(c, (unsigned)p->timeout_ms);
@@ -542,6 +547,258 @@ void peer_call(struct ftd *d, const char *name, const char *addr,
 		p->req = NULL;
 		ftd_post(d, pcall_done, p); /* callbacks never run inline */
 	}
+}
+
+/* ---- heartbeat links ---- */
+
+struct peer_link {
+	struct ftd *d;
+	char name[FTD_NAME_MAX + 1];
+	char addr[FTD_ADDR_MAX];
+	unsigned interval_ms, timeout_ms;
+	link_cb cb;
+	void *arg;
+	bool stopped; /* loop thread: peer_link_stop() was called */
+	/* shared with the link's thread */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool quit, kick;
+	json_t *payload;
+	struct chan *c;
+};
+
+struct link_post {
+	struct peer_link *l;
+	json_t *rep;
+	double sent;
+	bool free_link;
+	char err[1536];
+};
+
+double ftd_mono(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void link_post_run(struct ftd *d, void *arg)
+{
+	struct link_post *lp = arg;
+	struct peer_link *l = lp->l;
+
+	if (lp->free_link) {
+		json_decref(l->payload);
+		pthread_mutex_destroy(&l->mu);
+		pthread_cond_destroy(&l->cv);
+		free(l);
+	} else if (!l->stopped) {
+		l->cb(d, l->arg, lp->rep, lp->sent, lp->rep ? NULL : lp->err);
+		lp->rep = NULL;
+	}
+	json_decref(lp->rep);
+	free(lp);
+}
+
+static void link_post(struct peer_link *l, json_t *rep, double sent,
+		      const char *err, bool free_link)
+{
+	struct link_post *lp = calloc(1, sizeof(*lp));
+
+	if (!lp) {
+		log_err("out of memory posting to the loop");
+		abort();
+	}
+	lp->l = l;
+	lp->rep = rep;
+	lp->sent = sent;
+	lp->free_link = free_link;
+	if (err)
+		snprintf(lp->err, sizeof(lp->err), "%s", err);
+	ftd_post(l->d, link_post_run, lp);
+}
+
+/* Wait until `until` (ftd_mono) or a stop or kick; true to go on. */
+static bool link_wait(struct peer_link *l, double until)
+{
+	struct timespec ts;
+	double now;
+	bool go;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	now = ftd_mono();
+	if (until > now) {
+		double t = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 +
+			   (until - now);
+
+		ts.tv_sec = (time_t)t;
+		ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+	}
+	pthread_mutex_lock(&l->mu);
+	while (!l->quit && !l->kick && until > ftd_mono() &&
+	       pthread_cond_timedwait(&l->cv, &l->mu, &ts) != ETIMEDOUT)
+		;
+	l->kick = false;
+	go = !l->quit;
+	pthread_mutex_unlock(&l->mu);
+	return go;
+}
+
+static void link_drop_chan(struct peer_link *l, struct chan **c)
+{
+	pthread_mutex_lock(&l->mu);
+	l->c = NULL;
+	pthread_mutex_unlock(&l->mu);
+	chan_close(*c);
+	*c = NULL;
+}
+
+static void *link_thread(void *arg)
+{
+	struct peer_link *l = arg;
+	struct ftd *d = l->d;
+	struct chan_tls_cfg cfg = { .ca_file = d->ca,
+				    .cert_file = d->cert,
+				    .key_file = d->key,
+				    .peer_name = l->name,
+				    .insecure = d->insecure_peers };
+	char *line = malloc(FTD_LINE_MAX), err[1536];
+	struct chan *c = NULL;
+	json_int_t seq = 0;
+	double t, backoff = l->interval_ms / 1e3;
+	ssize_t n;
+	int e;
+
+	/* A dead peer would otherwise log a failed connection per beat;
+	 * the loop logs the link's ups and downs instead. */
+	log_set_quiet(true);
+	while (line && link_wait(l, 0)) {
+		if (!c) {
+			*last_err = '\0';
+			e = chan_net_connect(l->addr, &cfg, PEER_LINK_CONNECT_MS,
+					     &c);
+			if (e) {
+				describe_connect(l->name, l->addr, e, err,
+						 sizeof(err));
+				link_post(l, NULL, 0, err, false);
+				/* Retry soon, then less often: at most one
+				 * attempt a second to a host that is down. */
+				if (!link_wait(l, ftd_mono() + backoff))
+					break;
+				backoff = backoff * 2 > 1.0 ? 1.0 : backoff * 2;
+				continue;
+			}
+			backoff = l->interval_ms / 1e3;
+			chan_set_timeout(c, l->timeout_ms);
+			pthread_mutex_lock(&l->mu);
+			l->c = c;
+			pthread_mutex_unlock(&l->mu);
+		}
+		pthread_mutex_lock(&l->mu);
+		{
+			json_t *req = l->payload ? json_deep_copy(l->payload)
+						 : json_object();
+
+			pthread_mutex_unlock(&l->mu);
+			json_object_set_new(req, "cmd", json_string("hb"));
+			json_object_set_new(req, "from", json_string(d->name));
+			json_object_set_new(req, "seq", json_integer(++seq));
+			t = ftd_mono();
+			e = chan_write_json(c, req);
+			json_decref(req);
+		}
+		n = e ? e : chan_read_line(c, line, FTD_LINE_MAX);
+		if (n <= 0) {
+			snprintf(err, sizeof(err), "%s at %s: %s", l->name,
+				 l->addr,
+				 n == 0 || n == -EPIPE || n == -ECONNRESET
+					 ? "the connection closed"
+				 : n == -ETIMEDOUT
+					 ? "no heartbeat answer in time"
+					 : strerror((int)-n));
+			link_drop_chan(l, &c);
+			link_post(l, NULL, 0, err, false);
+			if (!link_wait(l, ftd_mono() + backoff))
+				break;
+			continue;
+		}
+		{
+			json_t *rep = json_loads(line, 0, NULL);
+
+			if (!json_is_object(rep)) {
+				json_decref(rep);
+				snprintf(err, sizeof(err),
+					 "%s at %s: its heartbeat answer is "
+					 "not a JSON object",
+					 l->name, l->addr);
+				link_drop_chan(l, &c);
+				link_post(l, NULL, 0, err, false);
+				if (!link_wait(l, ftd_mono() + backoff))
+					break;
+				continue;
+			}
+			link_post(l, rep, t, NULL, false);
+		}
+		if (!link_wait(l, t + l->interval_ms / 1e3))
+			break;
+	}
+	if (c)
+		link_drop_chan(l, &c);
+	free(line);
+	link_post(l, NULL, 0, NULL, true); /* after every earlier post */
+	return NULL;
+}
+
+struct peer_link *peer_link_start(struct ftd *d, const char *name,
+				  const char *addr, unsigned interval_ms,
+				  unsigned timeout_ms, link_cb cb, void *arg)
+{
+	struct peer_link *l = calloc(1, sizeof(*l));
+
+	if (!l)
+		return NULL;
+	l->d = d;
+	snprintf(l->name, sizeof(l->name), "%s", name);
+	snprintf(l->addr, sizeof(l->addr), "%s", addr);
+	l->interval_ms = interval_ms;
+	l->timeout_ms = timeout_ms;
+	l->cb = cb;
+	l->arg = arg;
+	pthread_mutex_init(&l->mu, NULL);
+	pthread_cond_init(&l->cv, NULL);
+	if (spawn_thread(link_thread, l)) {
+		pthread_mutex_destroy(&l->mu);
+		pthread_cond_destroy(&l->cv);
+		free(l);
+		return NULL;
+	}
+	return l;
+}
+
+void peer_link_payload(struct peer_link *l, json_t *payload, bool now)
+{
+	pthread_mutex_lock(&l->mu);
+	json_decref(l->payload);
+	l->payload = payload;
+	if (now) {
+		l->kick = true;
+		pthread_cond_signal(&l->cv);
+	}
+	pthread_mutex_unlock(&l->mu);
+}
+
+void peer_link_stop(struct peer_link *l)
+{
+	if (!l)
+		return;
+	l->stopped = true;
+	pthread_mutex_lock(&l->mu);
+	l->quit = true;
+	if (l->c)
+		chan_shutdown(l->c);
+	pthread_cond_signal(&l->cv);
+	pthread_mutex_unlock(&l->mu);
 }
 
 /* ---- addresses and the peers file ---- */

@@ -48,6 +48,7 @@ const char *vm_state_name(enum vm_state s)
 	case VM_MIGRATING: return "migrating";
 	case VM_IN_DOUBT: return "in-doubt";
 	case VM_MOVED: return "moved";
+	case VM_BACKUP: return "backup";
 	}
 	return "unknown";
 }
@@ -239,6 +240,19 @@ int vm_def_from_json(json_t *j, bool check_image, struct vm_def *def,
 		return -ENOMEM;
 	}
 	return 0;
+}
+
+void vm_def_localize(struct vm_def *def)
+{
+	char *c;
+
+	if (def->console[0] != '/')
+		return;
+	c = strdup("console.log");
+	if (c) {
+		free(def->console);
+		def->console = c;
+	}
 }
 
 json_t *vm_def_to_json(const struct vm_def *def)
@@ -448,6 +462,7 @@ void vm_destroy(struct ftd_vm *vm)
 			break;
 		}
 	ev_timer_stop(vm->d->loop, &vm->timer_w);
+	ha_vm_gone(vm);
 	vm->gone = true;
 	vm_put(vm);
 }
@@ -596,6 +611,9 @@ json_t *vm_summary(const struct ftd_vm *vm)
 	m = mig_status((struct ftd_vm *)vm);
 	if (m)
 		json_object_set_new(j, "migration", m);
+	m = ha_status((struct ftd_vm *)vm);
+	if (m)
+		json_object_set_new(j, "protection", m);
 	return j;
 }
 
@@ -687,6 +705,8 @@ static void child_cb(struct ev_loop *loop, ev_child *w, int revents)
 	struct ftd *d = vm->d;
 	struct ctl_req *r;
 
+	bool ha = vm->ha || vm->state == VM_BACKUP;
+
 	ev_child_stop(loop, w);
 	vm->pid = 0;
 	ev_timer_stop(loop, &vm->timer_w);
@@ -724,6 +744,8 @@ static void child_cb(struct ev_loop *loop, ev_child *w, int revents)
 					  "state", "stopped", "exit_code",
 					  vm->exit_code, "reason",
 					  vm->reason));
+	if (ha)
+		ha_child_exited(vm); /* may destroy it */
 }
 
 static void out_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -780,8 +802,11 @@ int vm_spawn(struct ftd_vm *vm, char **argv, bool want_stdout)
 		sigaction(SIGTERM, &dfl, NULL);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		setpgid(0, 0); /* a ^C at ftd's terminal is ftd's alone */
-		/* ftvm does not outlive ftd: no orphan owns a VM. */
-		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		/* ftvm does not outlive ftd: no orphan owns a VM.  It dies
+		 * as in a host crash, without a word: a protected VM's
+		 * backup takes over (a clean quit would end the
+		 * protection and drop the replica). */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (getppid() != parent)
 			_exit(FTD_EXIT_VMM_ERROR);
 		if (nullfd >= 0)
@@ -928,6 +953,13 @@ json_t *vm_start(struct ftd_vm *vm, struct ctl_req *r)
 	if (access(vm->def.image, R_OK) < 0)
 		return reply_err("%s cannot start: image %s: %s", vm->def.name,
 				 vm->def.image, strerror(errno));
+	{
+		char why[FTD_REASON_MAX];
+
+		if (!ha_vm_startable(vm, why, sizeof(why)))
+			return reply_err("%s cannot start: %s", vm->def.name,
+					 why);
+	}
 	snprintf(mem, sizeof(mem), "%llu",
 		 (unsigned long long)vm->def.mem);
 	argv[n++] = NULL; /* ftvm */
@@ -988,6 +1020,7 @@ json_t *vm_stop(struct ftd_vm *vm, struct ctl_req *r)
 				 vm->def.name, vm_state_name(vm->state));
 	case VM_STARTING:
 	case VM_RUNNING:
+	case VM_BACKUP: /* drops the replica */
 		break;
 	}
 	if (vm->start_req) {

@@ -8,6 +8,7 @@ static const char *log_prog = "ft";
 static enum log_level log_level = LOG_INFO;
 static FILE *log_file;
 static __thread char last_err[512];
+static __thread bool quiet;
 
 const char *log_last_err(void)
 {
@@ -36,6 +37,11 @@ void log_set_file(FILE *f)
 	log_file = f;
 }
 
+void log_set_quiet(bool on)
+{
+	quiet = on;
+}
+
 void log_msg(enum log_level level, const char *fmt, ...)
 {
 	static const char *const names[] = { "error", "warning", "info",
@@ -49,7 +55,7 @@ void log_msg(enum log_level level, const char *fmt, ...)
 		vsnprintf(last_err, sizeof(last_err), fmt, ap);
 		va_end(ap);
 	}
-	if (level > log_level)
+	if (level > log_level || quiet)
 		return;
 	n = snprintf(buf, sizeof(buf), "%s: %s: ", log_prog, names[level]);
 	va_start(ap, fmt);

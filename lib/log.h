@@ -10,6 +10,7 @@
 #ifndef LOG_H
 #define LOG_H
 
+#include <stdbool.h>
 #include <stdio.h>
 
 enum log_level { LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG };
@@ -25,6 +26,9 @@ void log_set_file(FILE *f);
 /* The calling thread's last error message (without the prefix), or "":
  * for a caller that reports a library failure to a user. */
 const char *log_last_err(void);
+/* Drop the calling thread's messages (log_last_err still records its
+ * errors): for a thread that retries quietly and reports by itself. */
+void log_set_quiet(bool on);
 
 void log_msg(enum log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
