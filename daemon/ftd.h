@@ -282,7 +282,7 @@ bool ha_peer_dispatch(struct ftd *d, struct peer_req *pr, const char *cmd,
 		      json_t *req, const char *from);
 /* The ftvm of a VM with vm->ha, or in VM_BACKUP, exited (after ftd_vm.c
  * recorded why).  May destroy the VM. */
-void ha_child_exited(struct ftd_vm *vm);
+void ha_child_exited(struct ftd_vm *vm, bool was_backup);
 /* A line ftvm backup printed on its stdout. */
 void ha_backup_line(struct ftd_vm *vm, const char *line);
 /* The VM's protection for status, or NULL. */

@@ -97,6 +97,8 @@ struct ha {
 	bool polling;	   /* a status call is in flight */
 	bool ftvm_lost;	   /* ftvm says the protection was lost */
 	bool complete;	   /* backup: the replica is complete */
+	bool loss_logged;  /* backup: this loss of the primary was logged */
+	bool refusal_logged; /* ... and the witness's first refusal */
 	uint64_t epoch;	   /* last known committed epoch */
 	int resyncs;
 	int port;	   /* backup: where its ftvm backup listens */
@@ -717,7 +719,13 @@ static json_t *w_renew(struct ftd *d, json_t *leases, const char *from)
 
 		if (!vm)
 			continue;
-		if (r && !strcmp(r->owner, from) && r->gen == gen) {
+		if (r && !strcmp(r->owner, from) && r->gen == gen &&
+		    json_is_false(json_object_get(o, "renew"))) {
+			/* A fenced owner only asks who owns it now. */
+			json_object_set_new(out, vm,
+					    json_pack("{s:b, s:b}", "ok", 1,
+						      "renewed", 0));
+		} else if (r && !strcmp(r->owner, from) && r->gen == gen) {
 			r->lease_ms = lease_ms_of(d, o);
 			r->expires = ftd_mono() + r->lease_ms / 1e3;
 			json_object_set_new(out, vm, json_pack("{s:b}", "ok", 1));
@@ -1344,7 +1352,7 @@ static void claimed(struct ha *ha, json_t *rep, const char *err)
 			b_drop(ha, why);
 			return;
 		}
-		if (ha->state != HA_CLAIMING || !strstr(ha->msg, why))
+		if (!ha->refusal_logged)
 			log_warn("vm %s: no grant from the witness %s: %s",
 				 ha->vm->def.name, ha->witness, why);
 		if (ha->req) {
@@ -1354,6 +1362,7 @@ static void claimed(struct ha *ha, json_t *rep, const char *err)
 							ha->witness, why));
 			ha->req = NULL;
 		}
+		ha->refusal_logged = true;
 		ha_set(ha, HA_REPLICA, "no grant: %s", why);
 		/* Alive, says the witness: ask again in a while. */
 		ha->next_try = ftd_mono() + (rep ? 1.0 : 0.2);
@@ -1410,6 +1419,8 @@ static void b_tick(struct ha *ha)
 	    (ha->state == HA_WAITING || ha->state == HA_REPLICA))
 		ha->polling = ha_vmcall(ha, json_pack("{s:s}", "cmd", "status"),
 					2.0, b_tick_status);
+	if (peer_up)
+		ha->loss_logged = ha->refusal_logged = false;
 	if (ha->busy || ha->state != HA_REPLICA || peer_up ||
 	    !ha->plink->was_up || now < ha->next_try)
 		return;
@@ -1422,9 +1433,11 @@ static void b_tick(struct ha *ha)
 	}
 	if (ha->lost_at < ha->plink->down_at)
 		ha->lost_at = ha->plink->down_at;
-	log_err("vm %s: PRIMARY %s LOST (%s); replica at epoch %llu", 
-		ha->vm->def.name, ha->peer, ha->plink->err,
-		(unsigned long long)ha->epoch);
+	if (!ha->loss_logged)
+		log_err("vm %s: PRIMARY %s LOST (%s); replica at epoch %llu",
+			ha->vm->def.name, ha->peer, ha->plink->err,
+			(unsigned long long)ha->epoch);
+	ha->loss_logged = true;
 	b_claim(ha);
 }
 
@@ -1470,7 +1483,8 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 /* What the beats carry: to a witness, the leases of the VMs this host
- * owns with it (not a fenced one: letting it lapse lets the backup in). */
+ * owns with it; a fenced one without renewal (letting it lapse lets the
+ * backup in), only to learn whether it was deposed. */
 static void ha_payloads(struct ftd *d)
 {
 	struct hlink *l;
@@ -1483,15 +1497,15 @@ static void ha_payloads(struct ftd *d)
 			struct ha *ha = vm->ha;
 
 			if (!ha || ha->dead || ha->role != HA_PRIMARY ||
-			    ha->wlink != l || !ha->gen ||
-			    ha->state == HA_FENCED)
+			    ha->wlink != l || !ha->gen)
 				continue;
 			json_array_append_new(
 				leases,
-				json_pack("{s:s, s:I, s:i}", "vm",
+				json_pack("{s:s, s:I, s:i, s:b}", "vm",
 					  vm->def.name, "generation",
 					  (json_int_t)ha->gen, "lease_ms",
-					  (int)d->ha->timeout_ms));
+					  (int)d->ha->timeout_ms, "renew",
+					  ha->state != HA_FENCED));
 		}
 		peer_link_payload(l->pl,
 				  json_pack("{s:o}", "leases", leases), false);
@@ -1525,7 +1539,9 @@ static void ha_link_event(struct ftd *d, struct hlink *l, json_t *rep,
 		o = json_object_get(leases, vm->def.name);
 		if (!o)
 			continue;
-		if (rep_ok(o)) {
+		if (rep_ok(o) && json_is_false(json_object_get(o, "renewed"))) {
+			continue;
+		} else if (rep_ok(o)) {
 			double until = sent + d->ha->timeout_ms / 1e3;
 
 			if (until > ha->lease_until)
@@ -2193,13 +2209,15 @@ static void takeover_yielded(struct ha *ha, json_t *rep, const char *err)
 	ha_payloads(d);
 }
 
-void ha_child_exited(struct ftd_vm *vm)
+void ha_child_exited(struct ftd_vm *vm, bool was_backup)
 {
 	struct ha *ha = vm->ha;
 	struct ftd *d = vm->d;
 
 	if (!ha) {
-		if (vm->state == VM_BACKUP)
+		if (vm->out_fd >= 0)
+			vm_out_close(vm);
+		if (was_backup) /* its replica was dropped */
 			vm_destroy(vm);
 		return;
 	}

@@ -705,7 +705,7 @@ static void child_cb(struct ev_loop *loop, ev_child *w, int revents)
 	struct ftd *d = vm->d;
 	struct ctl_req *r;
 
-	bool ha = vm->ha || vm->state == VM_BACKUP;
+	bool backup = vm->state == VM_BACKUP, ha = vm->ha || backup;
 
 	ev_child_stop(loop, w);
 	vm->pid = 0;
@@ -745,7 +745,7 @@ static void child_cb(struct ev_loop *loop, ev_child *w, int revents)
 					  vm->exit_code, "reason",
 					  vm->reason));
 	if (ha)
-		ha_child_exited(vm); /* may destroy it */
+		ha_child_exited(vm, backup); /* may destroy it */
 }
 
 static void out_cb(struct ev_loop *loop, ev_io *w, int revents)
