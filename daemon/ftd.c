@@ -1136,6 +1136,7 @@ int main(int argc, char **argv)
 		 d.insecure_peers ? " (insecure: plain TCP)" : "",
 		 d.state_dir);
 	ev_run(d.loop, 0);
+	peer_shutdown(&d, 3.0);
 	log_info("stopped");
 	return 0;
 }

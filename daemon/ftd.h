@@ -266,6 +266,9 @@ struct peer_link *peer_link_start(struct ftd *d, const char *name,
 void peer_link_payload(struct peer_link *l, json_t *payload, bool now);
 /* End the link: cb is not called any more; it frees itself. */
 void peer_link_stop(struct peer_link *l);
+/* At exit: end every peer connection, call and link (waiting for their
+ * threads, answering what they ask the loop) for at most `timeout` s. */
+void peer_shutdown(struct ftd *d, double timeout);
 /* CLOCK_MONOTONIC in seconds. */
 double ftd_mono(void);
 

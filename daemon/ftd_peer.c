@@ -233,9 +233,22 @@ void peer_req_reply(struct peer_req *pr, json_t *rep)
 }
 
 struct conn {
+	struct conn *next;
 	struct ftd *d;
 	struct chan *c;
 };
+
+/* Threads that hold a channel (connections, calls, links), so that a
+ * stopping ftd can end them before it exits. */
+static struct conn *conns; /* guarded by conns_mu */
+static int peer_threads;   /* guarded by conns_mu */
+
+static void thread_count(int n)
+{
+	pthread_mutex_lock(&conns_mu);
+	peer_threads += n;
+	pthread_mutex_unlock(&conns_mu);
+}
 
 /* Hand one request to the loop and wait for its answer. */
 static json_t *conn_ask_loop(struct ftd *d, json_t *req)
@@ -296,11 +309,17 @@ static void *conn_thread(void *arg)
 			break;
 	}
 	free(line);
+	pthread_mutex_lock(&conns_mu);
+	for (struct conn **pp = &conns; *pp; pp = &(*pp)->next)
+		if (*pp == cn) {
+			*pp = cn->next;
+			break;
+		}
+	peer_conns--;
+	peer_threads--;
+	pthread_mutex_unlock(&conns_mu);
 	chan_close(cn->c);
 	free(cn);
-	pthread_mutex_lock(&conns_mu);
-	peer_conns--;
-	pthread_mutex_unlock(&conns_mu);
 	return NULL;
 }
 
@@ -343,13 +362,20 @@ static void *acceptor_thread(void *arg)
 		}
 		cn->d = d;
 		cn->c = c;
+		pthread_mutex_lock(&conns_mu);
+		cn->next = conns;
+		conns = cn;
+		peer_threads++;
+		pthread_mutex_unlock(&conns_mu);
 		if (spawn_thread(conn_thread, cn)) {
 			log_err("peers: cannot start a thread");
+			pthread_mutex_lock(&conns_mu);
+			conns = cn->next;
+			peer_conns--;
+			peer_threads--;
+			pthread_mutex_unlock(&conns_mu);
 			chan_close(c);
 			free(cn);
-			pthread_mutex_lock(&conns_mu);
-			peer_conns--;
-			pthread_mutex_unlock(&conns_mu);
 		}
 	}
 	return NULL;
@@ -519,6 +545,7 @@ out:
 	json_decref(p->req);
 	p->req = NULL;
 	ftd_post(d, pcall_done, p);
+	thread_count(-1);
 	return NULL;
 }
 
@@ -540,7 +567,9 @@ void peer_call(struct ftd *d, const char *name, const char *addr,
 	p->timeout_ms = timeout_ms;
 	p->cb = cb;
 	p->arg = arg;
+	thread_count(1);
 	if (spawn_thread(pcall_thread, p)) {
+		thread_count(-1);
 		snprintf(p->err, sizeof(p->err),
 			 "cannot start a thread to call %s", name);
 		json_decref(req);
@@ -747,6 +776,7 @@ static void *link_thread(void *arg)
 		link_drop_chan(l, &c);
 	free(line);
 	link_post(l, NULL, 0, NULL, true); /* after every earlier post */
+	thread_count(-1);
 	return NULL;
 }
 
@@ -767,7 +797,9 @@ struct peer_link *peer_link_start(struct ftd *d, const char *name,
 	l->arg = arg;
 	pthread_mutex_init(&l->mu, NULL);
 	pthread_cond_init(&l->cv, NULL);
+	thread_count(1);
 	if (spawn_thread(link_thread, l)) {
+		thread_count(-1);
 		pthread_mutex_destroy(&l->mu);
 		pthread_cond_destroy(&l->cv);
 		free(l);
@@ -799,6 +831,28 @@ void peer_link_stop(struct peer_link *l)
 		chan_shutdown(l->c);
 	pthread_cond_signal(&l->cv);
 	pthread_mutex_unlock(&l->mu);
+}
+
+void peer_shutdown(struct ftd *d, double timeout)
+{
+	double end = ftd_mono() + timeout;
+	struct conn *cn;
+	int n;
+
+	for (;;) {
+		pthread_mutex_lock(&conns_mu);
+		for (cn = conns; cn; cn = cn->next)
+			chan_shutdown(cn->c);
+		n = peer_threads;
+		pthread_mutex_unlock(&conns_mu);
+		if (!n || ftd_mono() > end)
+			break;
+		/* A thread may wait for the loop: answer it. */
+		async_cb(d->loop, &d->async_w, 0);
+		usleep(10 * 1000);
+	}
+	if (n)
+		log_warn("peers: %d connection(s) still open at exit", n);
 }
 
 /* ---- addresses and the peers file ---- */

@@ -22,7 +22,7 @@ hftd W --witness
 
 MAC=52:54:00:00:03:02 GIP=10.77.0.2
 pong() { ip netns exec "$NSC" timeout 5 redis-cli -h $GIP ping 2>/dev/null | grep -q PONG; }
-hctl A vm create kv --image "$GUEST_DIR/kvstore.elf" --mem 128M --disk-size 128M \
+hctl A vm create kv --image "$GUEST_DIR/kvstore.elf" --mem 128M --disk-size 512M \
 	--net "tap=kv0,mac=$MAC,ip=$GIP/24,bridge=br0" > /dev/null || fail "vm create"
 hctl A vm start kv > /dev/null || fail "vm start"
 wait_for 30 pong || fail "kvstore not answering"
