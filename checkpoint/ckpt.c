@@ -21,6 +21,9 @@
 
 #define NSEC_PER_MS 1000000ULL
 #define MAP_BATCH 512
+/* Dirty pages worth copying before the pause (see prestage()): fewer
+ * cost the pause little to copy (~1 us each here). */
+#define PRESTAGE_MIN 256
 
 static uint64_t now_ns(void)
 {
@@ -45,6 +48,18 @@ const char *ckpt_state_name(enum ckpt_state s)
 		return "fenced";
 	}
 	return "?";
+}
+
+const char *ckpt_phase_name(enum ckpt_phase ph)
+{
+	static const char *const names[CKPT_NR_PHASES] = {
+		[CKPT_PH_PAUSE] = "pause", [CKPT_PH_FETCH] = "fetch",
+		[CKPT_PH_COPY] = "copy",   [CKPT_PH_VCPU] = "vcpu",
+		[CKPT_PH_DEV] = "dev",	   [CKPT_PH_SEAL] = "seal",
+		[CKPT_PH_RESUME] = "resume",
+	};
+
+	return (unsigned)ph < CKPT_NR_PHASES ? names[ph] : "?";
 }
 
 void ckpt_params_init(struct ckpt_params *p)
@@ -73,11 +88,16 @@ struct ckpt {
 	unsigned nr_disks;
 	uint64_t disk_blocks[FT_MAX_DISKS];
 	uint64_t *disk_pending[FT_MAX_DISKS];
-	/* staging, reused from epoch to epoch */
+	/* staging, reused from epoch to epoch: page i of `pages` holds frame
+	 * pfns[i]; the first nr_pre were copied before the pause (their
+	 * frames marked in `staged`, pfns[] ascending) */
 	uint64_t *pfns;
 	unsigned char *pages;
 	void **ptrs;
 	uint64_t stage_cap; /* pages */
+	uint64_t *staged;
+	uint64_t nr_pre;
+	uint64_t *redo_pfn, *redo_slot; /* in the pause: staged, dirty again */
 	struct hv_vcpu_state *vcpus;
 	unsigned char *devs; /* struct dev_copy + data, 8-aligned */
 	size_t devs_len, devs_cap;
@@ -97,6 +117,7 @@ struct ckpt {
 	pthread_mutex_t lock;
 	struct ckpt_stats st;
 	uint64_t pause_hist[CKPT_HIST], ack_hist[CKPT_HIST];
+	uint64_t phase_hist[CKPT_NR_PHASES][CKPT_HIST];
 	uint64_t hist_n;
 	uint64_t last_ack;
 };
@@ -153,10 +174,12 @@ int ckpt_open(const struct hv_ops *ops, struct hv_domain *d,
 	err = -ENOMEM;
 	ck->nr_pfns = ck->info.mem_size / HV_PAGE_SIZE;
 	ck->pending = calloc((ck->nr_pfns + 63) / 64, sizeof(uint64_t));
+	ck->staged = calloc((ck->nr_pfns + 63) / 64, sizeof(uint64_t));
 	ck->vcpus = calloc(ck->info.nr_vcpus, sizeof(*ck->vcpus));
 	ck->block = malloc(HV_DISK_BLOCK);
 	ck->ptrs = calloc(MAP_BATCH, sizeof(void *));
-	if (!ck->pending || !ck->vcpus || !ck->block || !ck->ptrs)
+	if (!ck->pending || !ck->staged || !ck->vcpus || !ck->block ||
+	    !ck->ptrs)
 		goto fail;
 	for (unsigned i = 0; ops->disk_info && i < FT_MAX_DISKS; i++) {
 		uint64_t size;
@@ -194,7 +217,7 @@ static int stage_grow(struct ckpt *ck, uint64_t n)
 {
 	uint64_t cap = ck->stage_cap ? ck->stage_cap : 1024;
 	unsigned char *pages;
-	uint64_t *pfns;
+	uint64_t *a;
 
 	if (n <= ck->stage_cap)
 		return 0;
@@ -202,10 +225,18 @@ static int stage_grow(struct ckpt *ck, uint64_t n)
 		cap *= 2;
 	if (cap > ck->nr_pfns)
 		cap = ck->nr_pfns;
-	pfns = realloc(ck->pfns, cap * sizeof(*pfns));
-	if (!pfns)
+	a = realloc(ck->pfns, cap * sizeof(*a));
+	if (!a)
 		return -ENOMEM;
-	ck->pfns = pfns;
+	ck->pfns = a;
+	a = realloc(ck->redo_pfn, cap * sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	ck->redo_pfn = a;
+	a = realloc(ck->redo_slot, cap * sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	ck->redo_slot = a;
 	pages = realloc(ck->pages, cap * HV_PAGE_SIZE);
 	if (!pages)
 		return -ENOMEM;
@@ -223,36 +254,127 @@ static uint64_t popcount(const uint64_t *bm, uint64_t bits)
 	return n;
 }
 
-/* Copy the pending pages into the staging buffer; clear the bitmap. */
-static int stage_pages(struct ckpt *ck, uint64_t *count)
+/* Copy frames pfns[0..n) into staging slots slots[i] (slots NULL: first,
+ * first + 1, ...). */
+static int copy_frames(struct ckpt *ck, const uint64_t *pfns,
+		       const uint64_t *slots, uint64_t first, uint64_t n)
 {
-	uint64_t n = popcount(ck->pending, ck->nr_pfns), k = 0;
-	int err = stage_grow(ck, n);
+	for (uint64_t i = 0; i < n; i += MAP_BATCH) {
+		unsigned m = n - i < MAP_BATCH ? (unsigned)(n - i) : MAP_BATCH;
+		int err = ck->ops->map(ck->d, pfns + i, m, ck->ptrs);
 
+		if (err)
+			return err;
+		for (unsigned j = 0; j < m; j++)
+			memcpy(ck->pages + (slots ? slots[i + j] : first + i + j) *
+						   HV_PAGE_SIZE,
+			       ck->ptrs[j], HV_PAGE_SIZE);
+		ck->ops->unmap(ck->d, ck->ptrs, m);
+	}
+	return 0;
+}
+
+/* The slot of frame `pfn` among the pages staged before the pause. */
+static uint64_t prestaged_slot(const struct ckpt *ck, uint64_t pfn)
+{
+	uint64_t lo = 0, hi = ck->nr_pre;
+
+	while (hi - lo > 1) {
+		uint64_t mid = lo + (hi - lo) / 2;
+
+		if (ck->pfns[mid] <= pfn)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/*
+ * Copy the pending pages into the staging buffer and clear `pending`.
+ * Pages staged before the pause and dirty again are copied again into
+ * their slots (*recopied counts them); the others go after the staged
+ * ones.  *count: the pages staged in all.
+ */
+static int stage_pages(struct ckpt *ck, uint64_t *count, uint64_t *recopied)
+{
+	uint64_t n = popcount(ck->pending, ck->nr_pfns), k = ck->nr_pre;
+	uint64_t k0 = k, nr = 0;
+	int err = stage_grow(ck, k + n);
+
+	if (err)
+		return err;
+	for (uint64_t w = 0; w < (ck->nr_pfns + 63) / 64; w++) {
+		uint64_t bits = ck->pending[w], again = bits & ck->staged[w];
+
+		ck->pending[w] = 0;
+		bits &= ~again;
+		while (bits) {
+			ck->pfns[k++] = w * 64 + (uint64_t)__builtin_ctzll(bits);
+			bits &= bits - 1;
+		}
+		while (again) {
+			uint64_t pfn = w * 64 + (uint64_t)__builtin_ctzll(again);
+
+			ck->redo_pfn[nr] = pfn;
+			ck->redo_slot[nr++] = prestaged_slot(ck, pfn);
+			again &= again - 1;
+		}
+	}
+	err = copy_frames(ck, ck->redo_pfn, ck->redo_slot, 0, nr);
+	if (!err)
+		err = copy_frames(ck, ck->pfns + k0, NULL, k0, k - k0);
+	*count = k;
+	*recopied = nr;
+	return err;
+}
+
+/*
+ * Before the pause, while the guest runs: fetch the dirty set and, if it
+ * is large, copy it into the staging buffer now.  The fetch re-protects
+ * those pages before the copy reads them, so a write that lands after
+ * the copy is in the pause's fetch, and stage_pages copies that page
+ * again: the staged pages are the pages at the pause either way.  The
+ * pause then copies only what the guest wrote during this copy (about a
+ * millisecond for 1000 pages), not the whole epoch's dirty set.  Small
+ * sets stay pending for the pause.
+ */
+static int prestage(struct ckpt *ck, uint64_t *pages)
+{
+	uint64_t n, k = 0;
+	int err;
+
+	*pages = 0;
+	err = ck->ops->dirty_fetch(ck->d, ck->pending, ck->nr_pfns);
+	if (err)
+		return err;
+	n = popcount(ck->pending, ck->nr_pfns);
+	if (n < PRESTAGE_MIN)
+		return 0;
+	err = stage_grow(ck, n);
 	if (err)
 		return err;
 	for (uint64_t w = 0; w < (ck->nr_pfns + 63) / 64; w++) {
 		uint64_t bits = ck->pending[w];
 
+		ck->staged[w] = bits;
 		ck->pending[w] = 0;
 		while (bits) {
 			ck->pfns[k++] = w * 64 + (uint64_t)__builtin_ctzll(bits);
 			bits &= bits - 1;
 		}
 	}
-	for (uint64_t i = 0; i < k; i += MAP_BATCH) {
-		unsigned m = k - i < MAP_BATCH ? (unsigned)(k - i) : MAP_BATCH;
+	ck->nr_pre = k;
+	*pages = k;
+	return copy_frames(ck, ck->pfns, NULL, 0, k);
+}
 
-		err = ck->ops->map(ck->d, ck->pfns + i, m, ck->ptrs);
-		if (err)
-			return err;
-		for (unsigned j = 0; j < m; j++)
-			memcpy(ck->pages + (i + j) * HV_PAGE_SIZE, ck->ptrs[j],
-			       HV_PAGE_SIZE);
-		ck->ops->unmap(ck->d, ck->ptrs, m);
-	}
-	*count = k;
-	return 0;
+/* Forget what was staged before the pause (after the epoch's pause). */
+static void prestage_clear(struct ckpt *ck)
+{
+	for (uint64_t i = 0; i < ck->nr_pre; i++)
+		ck->staged[ck->pfns[i] / 64] = 0;
+	ck->nr_pre = 0;
 }
 
 static int save_dev(void *ctx, const struct hv_dev_rec *rec)
@@ -324,13 +446,37 @@ static int stage_blocks(struct ckpt *ck)
  * stream (installs the hooks, sends the dirty disk blocks).
  */
 static int take_epoch(struct ckpt *ck, uint64_t epoch, bool first,
-		      uint64_t *pages, uint64_t *pause_ns)
+		      uint64_t *pages, uint64_t *pause_ns, uint64_t *phase,
+		      uint64_t *pre, uint64_t *recopied)
 {
-	uint64_t t0 = now_ns();
+	uint64_t t0, t;
 	int err, err2;
 
+	*pre = *recopied = 0;
+	if (!ck->p.no_prestage) {
+		err = prestage(ck, pre);
+		if (err) {
+			prestage_clear(ck);
+			set_error(ck, "checkpoint of epoch %llu failed before "
+				  "the pause: %s",
+				  (unsigned long long)epoch, strerror(-err));
+			return err;
+		}
+	}
+	t0 = t = now_ns();
+
+	/* phase[i]: time from the end of step i - 1 to the end of step i */
+#define PHASE_DONE(i)                          \
+	do {                                   \
+		uint64_t t_ = now_ns();        \
+		phase[CKPT_PH_##i] = t_ - t;   \
+		t = t_;                        \
+	} while (0)
+	memset(phase, 0, CKPT_NR_PHASES * sizeof(*phase));
 	err = ck->ops->pause(ck->d);
+	PHASE_DONE(PAUSE);
 	if (err) {
+		prestage_clear(ck);
 		set_error(ck, "cannot pause the VM: %s", strerror(-err));
 		return err;
 	}
@@ -357,20 +503,28 @@ static int take_epoch(struct ckpt *ck, uint64_t epoch, bool first,
 			set_error(ck, "cannot mirror the VM's disk writes: %s",
 				  strerror(-err));
 	}
+	PHASE_DONE(FETCH);
 	if (!err)
-		err = stage_pages(ck, pages);
+		err = stage_pages(ck, pages, recopied);
+	PHASE_DONE(COPY);
 	for (unsigned v = 0; !err && v < ck->info.nr_vcpus; v++)
 		err = ck->ops->vcpu_save(ck->d, v, &ck->vcpus[v]);
+	PHASE_DONE(VCPU);
 	ck->devs_len = 0;
 	ck->nr_devs = 0;
 	if (!err)
 		err = ck->ops->dev_save(ck->d, save_dev, ck);
+	PHASE_DONE(DEV);
 	if (!err && ck->nb)
 		err = netbuf_seal(ck->nb, epoch);
 	if (!err && ck->dr && !first)
 		err = diskrep_seal(ck->dr, epoch);
+	PHASE_DONE(SEAL);
 	err2 = ck->ops->unpause(ck->d);
-	*pause_ns = now_ns() - t0;
+	PHASE_DONE(RESUME);
+#undef PHASE_DONE
+	*pause_ns = t - t0;
+	prestage_clear(ck);
 	if (err2) {
 		set_error(ck, "CANNOT RESUME the VM after a checkpoint: %s",
 			  strerror(-err2));
@@ -525,6 +679,12 @@ void ckpt_get_stats(struct ckpt *ck, struct ckpt_stats *out)
 	qsort(tmp, n, sizeof(*tmp), cmp_u64);
 	out->ack_p50_ns = pct(tmp, n, 50);
 	out->ack_p99_ns = pct(tmp, n, 99);
+	for (unsigned i = 0; i < CKPT_NR_PHASES; i++) {
+		memcpy(tmp, ck->phase_hist[i], n * sizeof(*tmp));
+		qsort(tmp, n, sizeof(*tmp), cmp_u64);
+		out->phase[i].p50_ns = pct(tmp, n, 50);
+		out->phase[i].p99_ns = pct(tmp, n, 99);
+	}
 	out->since_ack_ns = ck->last_ack ? now_ns() - ck->last_ack : 0;
 	pthread_mutex_unlock(&ck->lock);
 	if (ck->nb)
@@ -547,8 +707,8 @@ static int sync_progress(void *ctx, const struct mig_progress *pr)
 
 static void record_epoch(struct ckpt *ck, const struct stream_writer *w,
 			 const struct stream_stats *before, uint64_t epoch,
-			 uint64_t pages, uint64_t pause_ns, uint64_t ack_ns,
-			 uint64_t bytes)
+			 uint64_t pages, uint64_t pause_ns,
+			 const uint64_t *phase, uint64_t ack_ns, uint64_t bytes)
 {
 	const struct stream_stats *a = &w->stats;
 
@@ -570,6 +730,11 @@ static void record_epoch(struct ckpt *ck, const struct stream_writer *w,
 		ck->st.pause_max_ns = pause_ns;
 	ck->pause_hist[ck->hist_n % CKPT_HIST] = pause_ns;
 	ck->ack_hist[ck->hist_n % CKPT_HIST] = ack_ns;
+	for (unsigned i = 0; i < CKPT_NR_PHASES; i++) {
+		ck->phase_hist[i][ck->hist_n % CKPT_HIST] = phase[i];
+		if (phase[i] > ck->st.phase[i].max_ns)
+			ck->st.phase[i].max_ns = phase[i];
+	}
 	ck->hist_n++;
 	ck->last_ack = now_ns();
 	if (ck->have_cache) {
@@ -648,7 +813,7 @@ int ckpt_run(struct ckpt *ck, struct chan *c)
 
 	for (;;) {
 		uint64_t epoch = ck->next_epoch, pages = 0, pause_ns, t_run,
-			 bytes0;
+			 bytes0, phase[CKPT_NR_PHASES], pre, recopied;
 		bool early = false;
 
 		if (!first) {
@@ -665,7 +830,8 @@ int ckpt_run(struct ckpt *ck, struct chan *c)
 		}
 		due = now_ns() + (uint64_t)p->interval_ms * NSEC_PER_MS;
 		ck->next_epoch++;
-		err = take_epoch(ck, epoch, first, &pages, &pause_ns);
+		err = take_epoch(ck, epoch, first, &pages, &pause_ns, phase,
+				 &pre, &recopied);
 		if (err)
 			break;
 		t_run = now_ns();
@@ -685,9 +851,11 @@ int ckpt_run(struct ckpt *ck, struct chan *c)
 			netbuf_release(ck->nb, epoch);
 		if (ck->dr)
 			diskrep_release(ck->dr);
-		record_epoch(ck, &w, &before, epoch, pages, pause_ns,
+		record_epoch(ck, &w, &before, epoch, pages, pause_ns, phase,
 			     now_ns() - t_run, c->bytes_out - bytes0);
 		pthread_mutex_lock(&ck->lock);
+		ck->st.prestaged += pre;
+		ck->st.recopied += recopied;
 		if (early)
 			ck->st.early++;
 		if (now_ns() > due && !first)
@@ -793,6 +961,9 @@ void ckpt_close(struct ckpt *ck)
 		free(ck->disk_pending[i]);
 	diskrep_stage_fini(&ck->blocks);
 	free(ck->pending);
+	free(ck->staged);
+	free(ck->redo_pfn);
+	free(ck->redo_slot);
 	free(ck->vcpus);
 	free(ck->block);
 	free(ck->ptrs);

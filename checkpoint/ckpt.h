@@ -6,9 +6,12 @@
  * then epochs, one stream (docs/stream-format.md, checkpoint streams):
  *
  *   run the guest for the interval
- *   pause; fetch and clear the dirty set; copy the dirty pages into a
- *   staging buffer; save the vCPUs and devices; seal the epoch's network
- *   output (netbuf) and disk writes (diskrep); resume          <- the pause
+ *   fetch the dirty set and, if large, copy it into a staging buffer
+ *   while the guest runs on
+ *   pause; fetch and clear the dirty set; copy the dirty pages (those
+ *   copied before and dirty again, and the rest) into the staging buffer;
+ *   save the vCPUs and devices; seal the epoch's network output (netbuf)
+ *   and disk writes (diskrep); resume                          <- the pause
  *   send the epoch (CKPT_BEGIN, pages as xor deltas against the last sent
  *   version where that is smaller, disk writes, vCPUs, devices, CKPT_END)
  *   in the background while the guest runs on, speculatively
@@ -77,6 +80,8 @@ struct ckpt_params {
 	unsigned interval_ms; /* CKPT_MIN..MAX_INTERVAL_MS; 0: default */
 	unsigned timeout_ms;  /* every channel read and write, and the ack */
 	bool no_delta;	      /* send dirty pages whole (no xor deltas) */
+	bool no_prestage;     /* copy every dirty page in the pause (no
+			       * copy before it; for measurements) */
 	uint64_t cache_bytes; /* delta cache; 0: CKPT_DEFAULT_CACHE_BYTES */
 	int compress;	      /* enum stream_compress; default AUTO */
 	struct netbuf_cfg netbuf;
@@ -91,6 +96,27 @@ struct ckpt_params {
 /* Fill `p` with the defaults. */
 void ckpt_params_init(struct ckpt_params *p);
 
+/* The steps of the pause, timed per epoch (ckpt_stats.phase). */
+enum ckpt_phase {
+	CKPT_PH_PAUSE,	/* hv pause: kick the vCPUs, wait until parked */
+	CKPT_PH_FETCH,	/* fetch and clear the dirty set (first epoch of a
+			 * stream: also the disk blocks and output hooks) */
+	CKPT_PH_COPY,	/* copy the dirty pages into the staging buffer */
+	CKPT_PH_VCPU,	/* save the vCPUs */
+	CKPT_PH_DEV,	/* save the devices */
+	CKPT_PH_SEAL,	/* seal the epoch's network output and disk writes */
+	CKPT_PH_RESUME, /* hv unpause */
+	CKPT_NR_PHASES
+};
+
+/* "pause", "fetch", "copy", "vcpu", "dev", "seal", "resume". */
+const char *ckpt_phase_name(enum ckpt_phase ph);
+
+struct ckpt_phase_stats {
+	uint64_t p50_ns, p99_ns; /* over the last CKPT_HIST epochs */
+	uint64_t max_ns;	 /* since ckpt_open */
+};
+
 struct ckpt_stats {
 	enum ckpt_state state;
 	uint64_t epoch;	    /* the last committed (acked) epoch */
@@ -104,9 +130,14 @@ struct ckpt_stats {
 	uint64_t stretched; /* epochs that waited for a late ack */
 	uint64_t early;	    /* epochs started early (a buffer half full) */
 	uint64_t last_pages, last_bytes; /* of the last epoch */
+	uint64_t prestaged; /* pages copied before the pause ... */
+	uint64_t recopied;  /* ... of which copied again in it */
 	/* percentiles over the last CKPT_HIST epochs, nanoseconds */
 	uint64_t pause_p50_ns, pause_p99_ns, pause_max_ns, pause_last_ns;
 	uint64_t ack_p50_ns, ack_p99_ns; /* resume to ack */
+	/* the pause by step (their sum per epoch is the pause); the max
+	 * is over all epochs since ckpt_open */
+	struct ckpt_phase_stats phase[CKPT_NR_PHASES];
 	uint64_t since_ack_ns;		 /* now - the last ack */
 	uint64_t protected_ns;		 /* when the first epoch committed */
 	struct mig_stats sync; /* the last initial synchronisation */

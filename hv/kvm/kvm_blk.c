@@ -9,7 +9,9 @@
  * Write hook (hv_ops disk_write_hook, for disk replication): called with
  * each valid guest write before the pwrite, on the vCPU thread, under
  * hook_lock (see kvm_net.c for why that makes install/remove and pause
- * exact); -EAGAIN from it answers FT_EAGAIN with nothing written.
+ * exact); -EAGAIN from it answers FT_EAGAIN with nothing written.  While
+ * a hook is installed, a write or flush lets a pause through while the
+ * host does the I/O (io_park).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -194,11 +196,67 @@ int64_t kvm_blk_info(struct hv_domain *d, struct ft_hc_block_info *a)
 	return 0;
 }
 
+/*
+ * Protected (a write hook is installed), a write or flush can take the
+ * host milliseconds (fdatasync), and a checkpoint's pause must not wait for
+ * it.  The hook has already taken the write for the backup, where it is
+ * applied with the epoch: so the call may be recorded there as having
+ * returned 0 - the backup's image has the data, and it acknowledges an
+ * epoch once that is in its page cache, which is all any write or flush of
+ * a committed epoch gets there (docs/checkpoint.md, Disk replication).  So
+ * before the host I/O we write that result, complete the port I/O and let
+ * the vCPU count as parked (kvm_vcpu_block_begin); after it we wait out a
+ * pause and write the real result, which is what the guest sees here.
+ * Unprotected, or before the hook is installed, the vCPU stays busy as
+ * before and a pause waits.  Returns whether the vCPU parked.
+ */
+static bool io_park(struct hv_domain *d, void *blk, size_t size,
+		    int64_t *ret)
+{
+	*ret = 0;
+	kvm_dirty_mark(d, (uint64_t)((uint8_t *)blk - d->mem), size);
+	return kvm_vcpu_block_begin(d);
+}
+
+/* The guest's write of [off, off + len) from buf, with fdatasync if
+ * `flush`.  0 or -FT_EIO (logged); *wrote: all of it reached the image
+ * (the flush may still have failed). */
+static int64_t blk_pwrite(struct kvm_blk *b, const uint8_t *buf, off_t off,
+			  uint64_t len, bool flush, uint64_t sector,
+			  bool *wrote)
+{
+	uint64_t done = 0;
+	ssize_t n;
+
+	*wrote = false;
+	while (done < len) {
+		n = pwrite(b->fd, buf + done, len - done, off + (off_t)done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			log_err("disk write at sector %llu: %s",
+				(unsigned long long)sector,
+				n < 0 ? strerror(errno) : "unexpected end");
+			return -FT_EIO;
+		}
+		done += (uint64_t)n;
+	}
+	*wrote = true;
+	if (flush && fdatasync(b->fd) < 0) {
+		log_err("disk flush: %s", strerror(errno));
+		return -FT_EIO;
+	}
+	return 0;
+}
+
 int64_t kvm_blk_io(struct hv_domain *d, struct ft_hc_block_io *a, bool write)
 {
 	struct kvm_blk *b = &d->blk;
 	uint64_t len = (uint64_t)a->count * FT_BLOCK_SECTOR, done = 0;
 	off_t off = (off_t)(a->sector * FT_BLOCK_SECTOR);
+	bool flush = a->flags & FT_BLOCK_F_FLUSH, hooked = false, wrote;
+	uint64_t sector = a->sector;
+	int64_t rc;
 	uint8_t *buf;
 	ssize_t n;
 
@@ -217,8 +275,10 @@ int64_t kvm_blk_io(struct hv_domain *d, struct ft_hc_block_io *a, bool write)
 		int r = 0;
 
 		pthread_mutex_lock(&b->hook_lock);
-		if (b->hook)
+		if (b->hook) {
 			r = b->hook(b->hook_ctx, 0, (uint64_t)off, buf, len);
+			hooked = !r;
+		}
 		pthread_mutex_unlock(&b->hook_lock);
 		if (r == -EAGAIN)
 			return -FT_EAGAIN; /* nothing written; guest retries */
@@ -228,39 +288,46 @@ int64_t kvm_blk_io(struct hv_domain *d, struct ft_hc_block_io *a, bool write)
 				(unsigned long long)a->sector, strerror(-r));
 			return -FT_EIO;
 		}
+		/* Counted before a pause may save them (see io_park). */
+		b->stats.writes++;
+		b->stats.bytes_written += len;
+		if (flush)
+			b->stats.flushes++;
+		if (hooked && io_park(d, a, sizeof(*a), &a->ret)) {
+			/* Parked: `a` and the guest's buffer are only read
+			 * until kvm_vcpu_block_end. */
+			rc = blk_pwrite(b, buf, off, len, flush, sector,
+					&wrote);
+			kvm_vcpu_block_end(d);
+		} else {
+			rc = blk_pwrite(b, buf, off, len, flush, sector,
+					&wrote);
+		}
+		/* Even a failed write may have changed the image. */
+		blk_mark(b, (uint64_t)off, len);
+		if (rc && !wrote) {
+			b->stats.writes--;
+			b->stats.bytes_written -= len;
+		}
+		if (rc && flush)
+			b->stats.flushes--;
+		return rc;
 	}
 	while (done < len) {
-		n = write ? pwrite(b->fd, buf + done, len - done,
-				   off + (off_t)done)
-			  : pread(b->fd, buf + done, len - done,
-				  off + (off_t)done);
+		n = pread(b->fd, buf + done, len - done, off + (off_t)done);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0) {
-			log_err("disk %s at sector %llu: %s",
-				write ? "write" : "read",
+			log_err("disk read at sector %llu: %s",
 				(unsigned long long)a->sector,
 				n < 0 ? strerror(errno) : "unexpected end");
 			return -FT_EIO;
 		}
 		done += (uint64_t)n;
 	}
-	if (write) {
-		blk_mark(b, (uint64_t)off, len);
-		b->stats.writes++;
-		b->stats.bytes_written += len;
-		if (a->flags & FT_BLOCK_F_FLUSH) {
-			if (fdatasync(b->fd) < 0) {
-				log_err("disk flush: %s", strerror(errno));
-				return -FT_EIO;
-			}
-			b->stats.flushes++;
-		}
-	} else {
-		b->stats.reads++;
-		b->stats.bytes_read += len;
-		kvm_dirty_mark(d, a->buf, len);
-	}
+	b->stats.reads++;
+	b->stats.bytes_read += len;
+	kvm_dirty_mark(d, a->buf, len);
 	return 0;
 }
 
@@ -279,15 +346,29 @@ int kvm_disk_write_hook(struct hv_domain *d, hv_disk_wr_fn fn, void *ctx)
 
 int64_t kvm_blk_flush(struct hv_domain *d, struct ft_hc_block_flush *a)
 {
-	if (d->blk.fd < 0)
+	struct kvm_blk *b = &d->blk;
+	bool hooked;
+	int r;
+
+	if (b->fd < 0)
 		return -FT_ENOSYS;
 	if (a->reserved)
 		return -FT_EINVAL;
-	if (fdatasync(d->blk.fd) < 0) {
+	pthread_mutex_lock(&b->hook_lock);
+	hooked = b->hook != NULL;
+	pthread_mutex_unlock(&b->hook_lock);
+	b->stats.flushes++; /* before a pause may save it (see io_park) */
+	if (hooked && io_park(d, a, sizeof(*a), &a->ret)) {
+		r = fdatasync(b->fd);
+		kvm_vcpu_block_end(d);
+	} else {
+		r = fdatasync(b->fd);
+	}
+	if (r < 0) {
 		log_err("disk flush: %s", strerror(errno));
+		b->stats.flushes--;
 		return -FT_EIO;
 	}
-	d->blk.stats.flushes++;
 	return 0;
 }
 

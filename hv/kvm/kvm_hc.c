@@ -71,9 +71,11 @@ static int64_t hc_clock_wall(struct hv_domain *d, struct ft_hc_clock *a)
 	return 0;
 }
 
-/* Sleep until the deadline or until woken (pause request, later device
- * input).  An early return with ready == 0 is allowed by the ABI. */
-static int64_t hc_poll(struct hv_domain *d, struct ft_hc_poll *a)
+/* Sleep until the deadline or until woken (device input, an unpause
+ * after a device save, the domain's end).  An early return with ready == 0
+ * is allowed by the ABI: that is the result a checkpoint taken while we
+ * sleep records (kvm_vcpu_block_begin).  *stop: the vCPU must stop. */
+static int64_t hc_poll(struct hv_domain *d, struct ft_hc_poll *a, bool *stop)
 {
 	uint64_t now = kvm_clock_mono(d);
 	struct pollfd pfd[2] = { { .fd = d->wake_fd, .events = POLLIN },
@@ -81,6 +83,7 @@ static int64_t hc_poll(struct hv_domain *d, struct ft_hc_poll *a)
 	nfds_t nfds = pfd[1].fd >= 0 ? 2 : 1;
 	struct timespec ts;
 	uint64_t left, junk;
+	int n;
 
 	a->ready = 0;
 	if (kvm_net_pending(d)) {
@@ -92,7 +95,20 @@ static int64_t hc_poll(struct hv_domain *d, struct ft_hc_poll *a)
 		left = 3600ULL * 1000000000ULL;
 	ts.tv_sec = (time_t)(left / 1000000000ULL);
 	ts.tv_nsec = (long)(left % 1000000000ULL);
-	if (ppoll(pfd, nfds, &ts, NULL) <= 0)
+	if (left) {
+		a->ret = 0;
+		kvm_dirty_mark(d, (uint64_t)((uint8_t *)a - d->mem),
+			       sizeof(*a));
+		if (!kvm_vcpu_block_begin(d)) {
+			*stop = true;
+			return 0;
+		}
+		n = ppoll(pfd, nfds, &ts, NULL);
+		kvm_vcpu_block_end(d);
+	} else {
+		n = ppoll(pfd, nfds, &ts, NULL);
+	}
+	if (n <= 0)
 		return 0;
 	if ((pfd[0].revents & POLLIN) &&
 	    read(d->wake_fd, &junk, sizeof(junk)) < 0 && errno != EAGAIN)
@@ -176,9 +192,14 @@ bool kvm_hc_io(struct hv_domain *d)
 	case FT_HC_CLOCK_WALL:
 		*ret = hc_clock_wall(d, blk);
 		break;
-	case FT_HC_POLL:
-		*ret = hc_poll(d, blk);
+	case FT_HC_POLL: {
+		bool stop = false;
+
+		*ret = hc_poll(d, blk, &stop);
+		if (stop)
+			return false;
 		break;
+	}
 	case FT_HC_NET_INFO:
 		*ret = kvm_net_info(d, blk);
 		break;

@@ -100,6 +100,8 @@ struct hv_domain {
 	pthread_cond_t cond;
 	unsigned pause_count;        /* lock */
 	bool parked;                 /* lock: vCPU thread is outside KVM_RUN */
+	bool blocked;                /* lock: parked inside a hypercall that
+				      * blocks on the host (kvm_vcpu_block_begin) */
 	bool io_pending;             /* vCPU thread only: exit not completed */
 	bool quit;                   /* lock */
 	enum hv_run_state state;     /* lock */
@@ -131,6 +133,23 @@ struct hv_domain {
 void kvm_set_state(struct hv_domain *d, enum hv_run_state st, int64_t status,
 		   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 uint64_t kvm_host_ns(int clock_id);
+
+/*
+ * kvm_vm.c, vCPU thread: around the part of a hypercall that blocks on the
+ * host (a poll with nothing ready; a disk write or flush while protected,
+ * kvm_blk.c), so that a pause need not wait for it.  Call
+ * kvm_vcpu_block_begin once the guest's state is what it may be recorded
+ * as if a checkpoint is taken now (the call's result block written and
+ * kvm_dirty_mark'ed): it completes the port I/O and counts the vCPU as
+ * parked, so a pause returns at once.  In between, touch neither guest
+ * memory (reading is fine) nor device state.  kvm_vcpu_block_end waits
+ * out a pause that came meanwhile and un-parks; after it the call may
+ * rewrite its result (the guest has not run since) and mark it dirty
+ * again.  kvm_vcpu_block_begin returns false, not parked, when the port
+ * I/O cannot be completed (the crash is reported): the vCPU must stop.
+ */
+bool kvm_vcpu_block_begin(struct hv_domain *d);
+void kvm_vcpu_block_end(struct hv_domain *d);
 
 /* kvm_hc.c: handle one KVM_EXIT_IO; returns false if the vCPU must stop. */
 bool kvm_hc_io(struct hv_domain *d);

@@ -8,14 +8,28 @@
  * that KVM_RUN returns at once (even if the signal lands just before
  * KVM_RUN is entered).  The vCPU thread then completes any pending port
  * I/O with one more immediate-exit KVM_RUN, so the saved state is always
- * consistent (rip after the `out`), and parks until unpause().  Hypercalls
- * (and so the output hooks they call) run only between KVM_RUN and the
- * park check, so while paused no hook call is in progress.
+ * consistent (rip after the `out`), and parks until unpause() (spinning
+ * for the first millisecond: park_wait).  Hypercalls (and so the output
+ * hooks they call) run only between KVM_RUN and the park check, so while
+ * paused no hook call is in progress.
+ *
+ * A vCPU thread asleep in a poll hypercall (nothing ready, waiting for
+ * input or a deadline) counts as parked: before it sleeps it writes the
+ * poll's "nothing ready" result, which the ABI allows at any time, and
+ * completes the port I/O (kvm_vcpu_block_begin), so the guest's state is
+ * final and a pause returns at once, without waking it.  Waking it cost
+ * the pause a thread wake-up: on a busy host that is where the
+ * checkpoint pauses of milliseconds came from (bench_ckpt --kvstore).  If
+ * it wakes while paused it waits for the unpause before it touches guest
+ * memory again; then it may rewrite the result (the guest has not run).
+ * A protected disk write or flush parks the same way during its host I/O
+ * (kvm_blk.c, io_park).
  *
  * Dirty logging lives in kvm_dirty.c.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,6 +45,8 @@
 #include "log.h"
 
 #define KICK_SIGNAL SIGUSR1
+#define PAUSE_SPIN_NS 200000ULL /* kvm_pause: spin this long, then sleep */
+#define PARK_SPIN_NS 1000000ULL /* park_wait: the same, for the unpause */
 
 static __thread struct kvm_run *this_run;
 
@@ -215,6 +231,70 @@ static int kvm_throttle(struct hv_domain *d, unsigned pct)
 	return 0;
 }
 
+/* One step of a bounded spin.  Now and then it yields: the thread we
+ * wait for may be runnable on this very CPU (two CPUs, other load). */
+static void spin_relax(void)
+{
+	static __thread unsigned n;
+
+	if (++n % 64)
+		__builtin_ia32_pause();
+	else
+		sched_yield();
+}
+
+/*
+ * Parked, d->lock held: wait for the unpause (or quit).  A checkpoint's
+ * pause lasts a few hundred microseconds: spin through that much on this
+ * CPU, as KVM's halt-polling does, so that the guest resumes the moment
+ * the count drops, with no thread wake-up, and the unpausing thread is
+ * not preempted by the thread it would have woken.  Longer pauses sleep.
+ */
+static void park_wait(struct hv_domain *d)
+{
+	if (d->pause_count && !d->quit) {
+		uint64_t end = mono_ns() + PARK_SPIN_NS;
+
+		pthread_mutex_unlock(&d->lock);
+		while (__atomic_load_n(&d->pause_count, __ATOMIC_ACQUIRE) &&
+		       !__atomic_load_n(&d->quit, __ATOMIC_ACQUIRE) &&
+		       mono_ns() < end)
+			spin_relax();
+		pthread_mutex_lock(&d->lock);
+	}
+	while (d->pause_count && !d->quit)
+		pthread_cond_wait(&d->cond, &d->lock);
+}
+
+bool kvm_vcpu_block_begin(struct hv_domain *d)
+{
+	if (complete_io(d) < 0) {
+		kvm_set_state(d, HV_STATE_CRASHED, 0,
+			      "cannot complete port I/O");
+		return false;
+	}
+	pthread_mutex_lock(&d->lock);
+	__atomic_store_n(&d->parked, true, __ATOMIC_RELEASE);
+	d->blocked = true;
+	if (d->pause_count && d->state == HV_STATE_RUNNING)
+		d->state = HV_STATE_PAUSED;
+	pthread_cond_broadcast(&d->cond);
+	pthread_mutex_unlock(&d->lock);
+	return true;
+}
+
+void kvm_vcpu_block_end(struct hv_domain *d)
+{
+	pthread_mutex_lock(&d->lock);
+	d->blocked = false;
+	while (d->pause_count && !d->quit)
+		pthread_cond_wait(&d->cond, &d->lock);
+	__atomic_store_n(&d->parked, false, __ATOMIC_RELEASE);
+	if (!d->pause_count && d->state == HV_STATE_PAUSED)
+		d->state = HV_STATE_RUNNING;
+	pthread_mutex_unlock(&d->lock);
+}
+
 static void *vcpu_thread(void *arg)
 {
 	struct hv_domain *d = arg;
@@ -237,13 +317,12 @@ static void *vcpu_thread(void *arg)
 				break;
 			}
 			pthread_mutex_lock(&d->lock);
-			d->parked = true;
+			__atomic_store_n(&d->parked, true, __ATOMIC_RELEASE);
 			if (d->state == HV_STATE_RUNNING)
 				d->state = HV_STATE_PAUSED;
 			pthread_cond_broadcast(&d->cond);
-			while (d->pause_count && !d->quit)
-				pthread_cond_wait(&d->cond, &d->lock);
-			d->parked = false;
+			park_wait(d);
+			__atomic_store_n(&d->parked, false, __ATOMIC_RELEASE);
 			if (d->quit) {
 				pthread_mutex_unlock(&d->lock);
 				break;
@@ -274,7 +353,7 @@ static void *vcpu_thread(void *arg)
 	if (thr.have_timer)
 		timer_delete(thr.timer);
 	pthread_mutex_lock(&d->lock);
-	d->parked = true;
+	__atomic_store_n(&d->parked, true, __ATOMIC_RELEASE);
 	pthread_cond_broadcast(&d->cond);
 	pthread_mutex_unlock(&d->lock);
 	return NULL;
@@ -284,7 +363,7 @@ static void kvm_destroy(struct hv_domain *d)
 {
 	if (d->thread_started) {
 		pthread_mutex_lock(&d->lock);
-		d->quit = true;
+		__atomic_store_n(&d->quit, true, __ATOMIC_RELEASE);
 		pthread_cond_broadcast(&d->cond);
 		pthread_mutex_unlock(&d->lock);
 		pthread_kill(d->thread, KICK_SIGNAL);
@@ -462,10 +541,31 @@ static int kvm_info(struct hv_domain *d, struct hv_dom_info *info)
 static int kvm_pause(struct hv_domain *d)
 {
 	pthread_mutex_lock(&d->lock);
-	if (d->pause_count++ == 0) {
-		pthread_kill(d->thread, KICK_SIGNAL);
-		if (write(d->wake_fd, &(uint64_t){ 1 }, 8) < 0)
-			log_warn("wake: %s", strerror(errno));
+	if (__atomic_fetch_add(&d->pause_count, 1, __ATOMIC_RELEASE) == 0) {
+		if (d->blocked) {
+			/* Asleep in a poll whose result is final: let it
+			 * sleep (see the top of this file). */
+			if (d->state == HV_STATE_RUNNING)
+				d->state = HV_STATE_PAUSED;
+		} else {
+			pthread_kill(d->thread, KICK_SIGNAL);
+			if (write(d->wake_fd, &(uint64_t){ 1 }, 8) < 0)
+				log_warn("wake: %s", strerror(errno));
+			/* and out of a throttle's sleep (throttle_step) */
+			pthread_cond_broadcast(&d->cond);
+		}
+	}
+	/* A kicked vCPU parks within tens of microseconds: wait for that on
+	 * this CPU rather than sleep and be woken, which on a busy host can
+	 * cost milliseconds of the pause.  Then sleep. */
+	if (!d->parked) {
+		uint64_t end = mono_ns() + PAUSE_SPIN_NS;
+
+		pthread_mutex_unlock(&d->lock);
+		while (!__atomic_load_n(&d->parked, __ATOMIC_ACQUIRE) &&
+		       mono_ns() < end)
+			spin_relax();
+		pthread_mutex_lock(&d->lock);
 	}
 	while (!d->parked)
 		pthread_cond_wait(&d->cond, &d->lock);
@@ -475,16 +575,31 @@ static int kvm_pause(struct hv_domain *d)
 
 static int kvm_unpause(struct hv_domain *d)
 {
+	bool wake = false;
 	int err = 0;
 
 	pthread_mutex_lock(&d->lock);
 	if (!d->pause_count) {
 		log_err("unpause without pause");
 		err = -EINVAL;
-	} else if (--d->pause_count == 0) {
-		pthread_cond_broadcast(&d->cond);
+	} else if (__atomic_sub_fetch(&d->pause_count, 1, __ATOMIC_RELEASE) ==
+		   0) {
+		wake = true;
+		/* Running from now on, also for status() before the vCPU
+		 * thread has woken (on a busy host that takes a while). */
+		if (d->state == HV_STATE_PAUSED)
+			d->state = HV_STATE_RUNNING;
+		/* A device save while paused may have taken frames off the
+		 * TAP into the VMM's queue: a sleeping poll would not see
+		 * them. */
+		if (d->blocked && kvm_net_pending(d) &&
+		    write(d->wake_fd, &(uint64_t){ 1 }, 8) < 0)
+			log_warn("wake: %s", strerror(errno));
 	}
 	pthread_mutex_unlock(&d->lock);
+	/* After the unlock: the woken vCPU thread need not wait for it. */
+	if (wake)
+		pthread_cond_broadcast(&d->cond);
 	return err;
 }
 
