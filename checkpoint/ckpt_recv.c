@@ -207,20 +207,6 @@ static int send_ack(struct chan *c, uint64_t epoch)
 	return err ? err : chan_flush(c, false);
 }
 
-/* After ERR: keep reading (and dropping) what the primary still sends of
- * the epoch for a moment, so that it gets to read our ERR instead of
- * having its writes reset by a close with unread data (as mig_recv). */
-static void drain(struct chan *c)
-{
-	char buf[1 << 16];
-	uint64_t end = now_ns() + 2000000000ULL; /* 2 s at most */
-
-	if (chan_set_timeout(c, 500))
-		return;
-	while (now_ns() < end && chan_read_upto(c, buf, sizeof(buf)) > 0)
-		;
-}
-
 int ckpt_recv(const struct hv_ops *ops, struct chan *c, unsigned timeout_ms,
 	      ckpt_create_fn create, void *create_ctx, struct ckpt_replica *rp)
 {
@@ -382,7 +368,7 @@ int ckpt_recv(const struct hv_ops *ops, struct chan *c, unsigned timeout_ms,
 			 (unsigned long long)rc.r.epoch);
 	/* Tell the primary why, if it still listens; then it resyncs. */
 	if (!mig_msg_send(c, MIG_MSG_ERR, err, rp->msg))
-		drain(c);
+		mig_drain(c);
 	log_err("replication stream failed: %s; the replica stays at epoch "
 		"%llu%s",
 		rp->msg, (unsigned long long)rp->epoch,

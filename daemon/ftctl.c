@@ -723,7 +723,7 @@ static void progress_event(struct progress *p, json_t *ev)
 	fflush(stderr);
 }
 
-static void print_summary(json_t *rep)
+static void print_summary(json_t *rep, const struct progress *p)
 {
 	char bytes[32];
 	double total = json_object_get(rep, "total_ms")
@@ -747,6 +747,58 @@ static void print_summary(json_t *rep)
 	printf("\n");
 }
 
+/*
+ * Send `req` (taken), show its progress events until the reply; print a
+ * success with done(rep, p) (or as JSON), a failure with print_failure.
+ * A connection that ends first leaves `what` unknown to ftctl.
+ */
+static int call_progress(json_t *req, struct progress *p,
+			 void (*done)(json_t *rep, const struct progress *p),
+			 const char *what)
+{
+	struct conn *c = malloc(sizeof(*c));
+	int rc = EXIT_FAILED;
+	json_t *j;
+
+	if (!c || conn_open(c)) {
+		free(c);
+		json_decref(req);
+		return EXIT_FAILED;
+	}
+	if (conn_send(c, req))
+		goto out;
+	while ((j = conn_recv(c))) {
+		if (json_object_get(j, "event")) {
+			if (opt_json)
+				print_json(j);
+			progress_event(p, j);
+			json_decref(j);
+			continue;
+		}
+		progress_clear(p);
+		if (!reply_ok(j)) {
+			rc = print_failure(j);
+		} else {
+			if (opt_json)
+				print_json(j);
+			else
+				done(j, p);
+			rc = 0;
+		}
+		json_decref(j);
+		goto out;
+	}
+	progress_clear(p);
+	fprintf(stderr,
+		"%s: ftd closed the connection: %s of %s is unknown to ftctl; "
+		"see 'ftctl status %s'\n",
+		prog, what, p->name, p->name);
+out:
+	close(c->fd);
+	free(c);
+	return rc;
+}
+
 static int cmd_migrate(int argc, char **argv)
 {
 	enum { O_DOWNTIME = 1, O_BW, O_BUSY, O_INSECURE, O_COMPRESS, O_XBZRLE,
@@ -764,12 +816,11 @@ static int cmd_migrate(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	struct progress p = { .last_round = -1 };
-	json_t *req = json_object(), *j;
-	struct conn *c;
+	json_t *req = json_object();
 	char *end;
 	uint64_t v;
 	long ms;
-	int o, rc = EXIT_FAILED;
+	int o;
 
 	optind = 0;
 	while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -844,44 +895,8 @@ static int cmd_migrate(int argc, char **argv)
 	json_object_set_new(req, "cmd", json_string("migrate"));
 	json_object_set_new(req, "name", json_string(p.name));
 	json_object_set_new(req, "to", json_string(p.host));
-	c = malloc(sizeof(*c));
-	if (!c || conn_open(c)) {
-		free(c);
-		json_decref(req);
-		return EXIT_FAILED;
-	}
-	if (conn_send(c, req))
-		goto out;
-	while ((j = conn_recv(c))) {
-		if (json_object_get(j, "event")) {
-			if (opt_json)
-				print_json(j);
-			progress_event(&p, j);
-			json_decref(j);
-			continue;
-		}
-		progress_clear(&p);
-		if (!reply_ok(j)) {
-			rc = print_failure(j);
-		} else {
-			if (opt_json)
-				print_json(j);
-			else
-				print_summary(j);
-			rc = 0;
-		}
-		json_decref(j);
-		goto out;
-	}
-	progress_clear(&p);
-	fprintf(stderr,
-		"%s: the outcome of the migration of %s is unknown to ftctl; "
-		"see 'ftctl vm status %s'\n",
-		prog, p.name, p.name);
-out:
-	close(c->fd);
-	free(c);
-	return rc;
+	return call_progress(req, &p, print_summary,
+			     "the outcome of the migration");
 }
 
 static int cmd_host(int argc, char **argv)
@@ -1009,6 +1024,22 @@ static long ms_arg(const char *opt, const char *s, long lo, long hi)
 	return v;
 }
 
+static void print_protected(json_t *j, const struct progress *p)
+{
+	char bytes[32];
+
+	fmt_size(bytes, sizeof(bytes), jnum(j, "bytes"));
+	printf("%s is protected by %s (witness %s, generation %lld): initial "
+	       "sync %.2f s, %s sent\n",
+	       p->name, p->host,
+	       json_is_string(json_object_get(j, "witness")) ? jstr(j, "witness")
+							     : "none",
+	       (long long)jnum(j, "generation"), jnum(j, "sync_ms") / 1000.0,
+	       bytes);
+	if (*jstr(j, "warning"))
+		printf("WARNING: %s\n", jstr(j, "warning"));
+}
+
 static int cmd_protect(int argc, char **argv)
 {
 	enum { O_WITNESS = 1, O_NOARB, O_INTERVAL, O_GRACE, O_IOTMO, O_NODELTA,
@@ -1026,9 +1057,8 @@ static int cmd_protect(int argc, char **argv)
 	};
 	struct progress p = { .last_round = -1,
 			      .verb = "initial sync of" };
-	json_t *req = json_object(), *j;
-	struct conn *c;
-	int o, rc = EXIT_FAILED;
+	json_t *req = json_object();
+	int o;
 
 	optind = 0;
 	while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -1094,55 +1124,8 @@ static int cmd_protect(int argc, char **argv)
 			"%s: WARNING: no arbiter: if this host and %s lose "
 			"sight of each other, both may run %s\n",
 			prog, p.host, p.name);
-	c = malloc(sizeof(*c));
-	if (!c || conn_open(c)) {
-		free(c);
-		json_decref(req);
-		return EXIT_FAILED;
-	}
-	if (conn_send(c, req))
-		goto out;
-	while ((j = conn_recv(c))) {
-		if (json_object_get(j, "event")) {
-			if (opt_json)
-				print_json(j);
-			progress_event(&p, j);
-			json_decref(j);
-			continue;
-		}
-		progress_clear(&p);
-		if (!reply_ok(j)) {
-			rc = print_failure(j);
-		} else if (opt_json) {
-			print_json(j);
-			rc = 0;
-		} else {
-			char bytes[32];
-
-			fmt_size(bytes, sizeof(bytes), jnum(j, "bytes"));
-			printf("%s is protected by %s (witness %s, generation "
-			       "%lld): initial sync %.2f s, %s sent\n",
-			       p.name, p.host,
-			       json_is_string(json_object_get(j, "witness"))
-				       ? jstr(j, "witness")
-				       : "none",
-			       (long long)jnum(j, "generation"),
-			       jnum(j, "sync_ms") / 1000.0, bytes);
-			if (*jstr(j, "warning"))
-				printf("WARNING: %s\n", jstr(j, "warning"));
-			rc = 0;
-		}
-		json_decref(j);
-		goto out;
-	}
-	progress_clear(&p);
-	fprintf(stderr,
-		"%s: ftd closed the connection; see 'ftctl status %s'\n", prog,
-		p.name);
-out:
-	close(c->fd);
-	free(c);
-	return rc;
+	return call_progress(req, &p, print_protected,
+			     "the outcome of the protection");
 }
 
 static int cmd_unprotect(int argc, char **argv)

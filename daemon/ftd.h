@@ -184,9 +184,15 @@ void vm_console_path(const struct ftd_vm *vm, char *buf, size_t len);
  * in *b. */
 struct vm_argbuf {
 	char console[PATH_MAX], disk[PATH_MAX], size[32];
+	char listen[FTD_ADDR_MAX + 8];
 };
 int vm_dev_args(const struct ftd_vm *vm, struct vm_argbuf *b, char **argv,
 		int n);
+/* The options of an ftvm that waits for peer `peer`'s stream (incoming,
+ * backup): --listen LISTENHOST:0, then this host's TLS files and
+ * --peer-name PEER, or --insecure; at argv[n], returns the new n. */
+int vm_listen_args(const struct ftd *d, struct vm_argbuf *b, bool insecure,
+		   const char *peer, char **argv, int n);
 json_t *vm_summary(const struct ftd_vm *vm);
 /* Start and stop from a control request (replies through r). */
 json_t *vm_start(struct ftd_vm *vm, struct ctl_req *r);

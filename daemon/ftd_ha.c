@@ -442,9 +442,8 @@ static void wrec_load(struct ftd *d)
 		r->next = d->ha->recs;
 		d->ha->recs = r;
 	}
+	log_info("witness: %zu record(s) from %s", json_array_size(a), path);
 	json_decref(a);
-	log_info("witness: %zu record(s) from %s", json_array_size(a) ? i : 0,
-		 path);
 }
 
 static bool wrec_live(const struct wrec *r)
@@ -1201,7 +1200,6 @@ static void p_tick_status(struct ha *ha, int err, json_t *rep)
 
 static void p_tick(struct ha *ha)
 {
-	struct ftd *d = ha->vm->d;
 	double now = ftd_mono();
 	bool peer_up = ha->plink && ha->plink->up;
 	bool lease = !*ha->witness || now < ha->lease_until;
@@ -1210,8 +1208,7 @@ static void p_tick(struct ha *ha)
 		ha->polling = ha_vmcall(ha, json_pack("{s:s}", "cmd", "status"),
 					2.0, p_tick_status);
 	}
-	if (ha->state == HA_PROTECTED && !peer_up && ha->plink->was_up &&
-	    now - ha->plink->down_at >= 0) {
+	if (ha->state == HA_PROTECTED && !peer_up && ha->plink->was_up) {
 		ha->lost_at = now;
 		ha_set(ha, HA_LOST, "heartbeats from %s stopped: %s", ha->peer,
 		       ha->plink->err);
@@ -1255,7 +1252,6 @@ static void p_tick(struct ha *ha)
 			p_register(ha); /* a new generation with the backup */
 		return;
 	default:
-		(void)d;
 		return;
 	}
 }
@@ -1961,8 +1957,8 @@ static void b_prepare(struct ftd *d, struct peer_req *pr, json_t *req,
 	const char *wit = json_string_value(json_object_get(req, "witness"));
 	uint64_t gen =
 		(uint64_t)json_integer_value(json_object_get(req, "generation"));
-	char err[FTD_REASON_MAX], listen[FTD_ADDR_MAX + 8], waddr[FTD_ADDR_MAX];
-	char host[FTD_ADDR_MAX], paddr[FTD_ADDR_MAX], whost[FTD_ADDR_MAX];
+	char err[FTD_REASON_MAX], waddr[FTD_ADDR_MAX];
+	char paddr[FTD_ADDR_MAX], whost[FTD_ADDR_MAX];
 	struct vm_argbuf ab;
 	struct vm_def def;
 	struct ftd_vm *vm;
@@ -2086,29 +2082,9 @@ static void b_prepare(struct ftd *d, struct peer_req *pr, json_t *req,
 		vm_destroy(vm);
 		return;
 	}
-	if (strchr(d->listen_host, ':'))
-		snprintf(listen, sizeof(listen), "[%s]:0", d->listen_host);
-	else if (*d->listen_host)
-		snprintf(listen, sizeof(listen), "%s:0", d->listen_host);
-	else
-		snprintf(listen, sizeof(listen), ":0");
-	(void)host;
 	argv[n++] = NULL;
 	argv[n++] = "backup";
-	argv[n++] = "--listen";
-	argv[n++] = listen;
-	if (ha->insecure) {
-		argv[n++] = "--insecure";
-	} else {
-		argv[n++] = "--ca";
-		argv[n++] = d->ca;
-		argv[n++] = "--cert";
-		argv[n++] = d->cert;
-		argv[n++] = "--key";
-		argv[n++] = d->key;
-		argv[n++] = "--peer-name";
-		argv[n++] = ha->peer;
-	}
+	n = vm_listen_args(d, &ab, ha->insecure, ha->peer, argv, n);
 	n = vm_dev_args(vm, &ab, argv, n);
 	argv[n] = NULL;
 	rc = vm_spawn(vm, argv, true);

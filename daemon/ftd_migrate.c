@@ -1014,7 +1014,7 @@ void mig_incoming_tick(struct ftd_vm *vm)
 static void dest_prepare(struct ftd *d, struct peer_req *pr, json_t *req,
 			 const char *from)
 {
-	char err[FTD_REASON_MAX], listen[FTD_ADDR_MAX + 8];
+	char err[FTD_REASON_MAX];
 	struct vm_argbuf ab;
 	char tmo[16];
 	struct vm_def def;
@@ -1057,26 +1057,10 @@ static void dest_prepare(struct ftd *d, struct peer_req *pr, json_t *req,
 		return;
 	}
 	snprintf(vm->from, sizeof(vm->from), "%s", from);
-	host_port(listen, sizeof(listen), d->listen_host, 0);
-	if (!*d->listen_host)
-		snprintf(listen, sizeof(listen), ":0");
 	snprintf(tmo, sizeof(tmo), "%d", INCOMING_TIMEOUT);
 	argv[n++] = NULL;
 	argv[n++] = "incoming";
-	argv[n++] = "--listen";
-	argv[n++] = listen;
-	if (json_is_true(ins)) {
-		argv[n++] = "--insecure";
-	} else {
-		argv[n++] = "--ca";
-		argv[n++] = d->ca;
-		argv[n++] = "--cert";
-		argv[n++] = d->cert;
-		argv[n++] = "--key";
-		argv[n++] = d->key;
-		argv[n++] = "--peer-name";
-		argv[n++] = (char *)from;
-	}
+	n = vm_listen_args(d, &ab, json_is_true(ins), from, argv, n);
 	n = vm_dev_args(vm, &ab, argv, n);
 	argv[n++] = "--timeout";
 	argv[n++] = tmo;

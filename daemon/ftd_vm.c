@@ -940,6 +940,30 @@ int vm_dev_args(const struct ftd_vm *vm, struct vm_argbuf *b, char **argv,
 	return n;
 }
 
+int vm_listen_args(const struct ftd *d, struct vm_argbuf *b, bool insecure,
+		   const char *peer, char **argv, int n)
+{
+	if (strchr(d->listen_host, ':'))
+		snprintf(b->listen, sizeof(b->listen), "[%s]:0", d->listen_host);
+	else
+		snprintf(b->listen, sizeof(b->listen), "%s:0", d->listen_host);
+	argv[n++] = "--listen";
+	argv[n++] = b->listen;
+	if (insecure) {
+		argv[n++] = "--insecure";
+		return n;
+	}
+	argv[n++] = "--ca";
+	argv[n++] = (char *)d->ca;
+	argv[n++] = "--cert";
+	argv[n++] = (char *)d->cert;
+	argv[n++] = "--key";
+	argv[n++] = (char *)d->key;
+	argv[n++] = "--peer-name";
+	argv[n++] = (char *)peer;
+	return n;
+}
+
 json_t *vm_start(struct ftd_vm *vm, struct ctl_req *r)
 {
 	struct vm_argbuf ab;

@@ -1041,12 +1041,9 @@ static int on_sync(void *ctx, uint64_t seq)
 	return mig_msg_send(ctx, MIG_MSG_SYNC, 0, NULL);
 }
 
-/* After ERR: keep reading (and dropping) what the sender still sends for
- * a moment, so that it reads our ERR instead of having its writes reset
- * by a close with unread data. */
-static void drain(struct chan *c)
+void mig_drain(struct chan *c)
 {
-	static char buf[1 << 16];
+	char buf[1 << 16];
 	uint64_t end = now_ns() + 2 * NSEC_PER_SEC;
 
 	if (chan_set_timeout(c, 500))
@@ -1115,7 +1112,7 @@ fail:
 		log_err("migration: cannot send the error to the source: %s",
 			strerror(-werr));
 	if (!werr)
-		drain(c);
+		mig_drain(c);
 	if (d)
 		ops->destroy(d);
 	if (msg && len)

@@ -168,6 +168,11 @@ _Static_assert(sizeof(struct mig_msg) == 16, "mig_msg is wire format");
 int mig_msg_send(struct chan *c, const char *magic, int err,
 		 const char *text);
 
+/* After sending ERR: read and drop what the sender still sends, for at
+ * most 2 s or until it closes, so that it reads our ERR instead of having
+ * its writes reset by a close with unread data.  Shared with checkpoint/. */
+void mig_drain(struct chan *c);
+
 /* A sentence for a channel error talking to `peer` ("destination",
  * "backup") in buf, e.g. "the backup fell silent (dead, or the link is
  * down)"; NULL for errors without one (use strerror). */

@@ -10,7 +10,7 @@
 #   ftd_stop H         SIGTERM it and wait (its VMs stop)
 #   fa / fb ARGS       ftctl against hostA / hostB
 #   vm_state CTL...    the state word of a VM ("absent" if none)
-#   expect_msg         expect_fail that also shows the message
+#   (expect_msg, backup, ftd_logs_clean: lib.sh)
 #   ftd_check_logs     stop both ftd; fail on a sanitizer report or an
 #                      ftd that did not exit 0 (call it at the end)
 FTD=$B/ftd
@@ -96,26 +96,9 @@ vm_state() {
 	python3 -c 'import json,sys; print(json.load(sys.stdin)["vm"]["state"])' <<< "$out"
 }
 
-# expect_msg CODE PATTERN CMD...: like expect_fail, and shows the message.
-expect_msg() {
-	local code=$1 pat=$2 out rc; shift 2
-	out=$("$@" 2>&1); rc=$?
-	[ $rc -eq "$code" ] || fail "'$*' exited $rc, expected $code; output: $out"
-	grep -qE -- "$pat" <<< "$out" || fail "'$*' output lacks /$pat/: $out"
-	ok "'$*' -> $code: $out"
-}
-
 # ftd_check_logs: stop both ftd, then fail if either logged a sanitizer
 # report (ASan/UBSan/LSan builds) or did not exit 0 after SIGTERM.
 ftd_check_logs() {
-	local h
 	ftd_stop_all
-	for h in "$T"/ftd*.log; do
-		[ -f "$h" ] || continue
-		if grep -qE 'Sanitizer|runtime error|note: ftd on .* exited' "$h"; then
-			cat "$h"
-			fail "$(basename "$h"): sanitizer report or bad exit"
-		fi
-	done
-	ok "no sanitizer reports in the ftd logs"
+	ftd_logs_clean
 }

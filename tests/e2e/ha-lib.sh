@@ -133,23 +133,17 @@ hstop() {
 
 hstop_all() { hstop A; hstop B; hstop W; }
 
-cut() {
-	local x y
-	for x in "$1 $2" "$2 $1"; do
+# _drop -I|-D X Y: insert / delete the rules that drop X<->Y traffic.
+_drop() {
+	local op=$1 x
+	for x in "$2 $3" "$3 $2"; do
 		set -- $x
-		ip netns exec "$(_hns $1)" iptables -I INPUT -s "$(_hip $2)" -j DROP
-		ip netns exec "$(_hns $1)" iptables -I OUTPUT -d "$(_hip $2)" -j DROP
+		ip netns exec "$(_hns $1)" iptables "$op" INPUT -s "$(_hip $2)" -j DROP
+		ip netns exec "$(_hns $1)" iptables "$op" OUTPUT -d "$(_hip $2)" -j DROP
 	done
 }
-
-heal() {
-	local x
-	for x in "$1 $2" "$2 $1"; do
-		set -- $x
-		ip netns exec "$(_hns $1)" iptables -D INPUT -s "$(_hip $2)" -j DROP
-		ip netns exec "$(_hns $1)" iptables -D OUTPUT -d "$(_hip $2)" -j DROP
-	done
-}
+cut() { _drop -I "$1" "$2"; }
+heal() { _drop -D "$1" "$2"; }
 
 isolate() {
 	ip -n "$(_hns $1)" link set eth0 down
@@ -157,25 +151,8 @@ isolate() {
 	return 0
 }
 
-# expect_msg CODE PATTERN CMD...: like expect_fail, and shows the message.
-expect_msg() {
-	local code=$1 pat=$2 out rc; shift 2
-	out=$("$@" 2>&1); rc=$?
-	[ $rc -eq "$code" ] || fail "'$*' exited $rc, expected $code; output: $out"
-	grep -qE -- "$pat" <<< "$out" || fail "'$*' output lacks /$pat/: $out"
-	ok "'$*' -> $code: $out"
-}
-
 # ha_check_logs: stop the ftd; fail on a sanitizer report or a bad exit.
 ha_check_logs() {
-	local f
 	hstop_all
-	for f in "$T"/ftd*.log; do
-		[ -f "$f" ] || continue
-		if grep -qE 'Sanitizer|runtime error|note: ftd on .* exited' "$f"; then
-			cat "$f"
-			fail "$(basename "$f"): sanitizer report or bad exit"
-		fi
-	done
-	ok "no sanitizer reports in the ftd logs"
+	ftd_logs_clean
 }

@@ -132,6 +132,44 @@ certs() {
 # tls DIR NAME: ftvm TLS options for host NAME with certificates in DIR.
 tls() { echo "--ca $1/ca.crt --cert $1/$2.crt --key $1/$2.key"; }
 
+# backup NS IP OUT ARGS...: `ftvm backup --listen IP:0 ARGS` in namespace
+# NS (stdout to OUT, stderr to OUT.err); sets $BK_PID and, once it
+# listens, $BK_ADDR.
+backup() {
+	local ns=$1 ip=$2 out=$3; shift 3
+	: > "$out"
+	ip netns exec "$ns" "$FTVM" backup --listen "$ip:0" "$@" \
+		> "$out" 2> "$out.err" &
+	BK_PID=$!
+	_pids+=($BK_PID)
+	wait_for 20 grep -q 'listening on' "$out" ||
+		fail "backup did not listen: $(cat "$out.err")"
+	BK_ADDR=$(sed -n 's/^backup: listening on //p' "$out")
+}
+
+# expect_msg CODE PATTERN CMD...: like expect_fail, and shows the message.
+expect_msg() {
+	local code=$1 pat=$2 out rc; shift 2
+	out=$("$@" 2>&1); rc=$?
+	[ $rc -eq "$code" ] || fail "'$*' exited $rc, expected $code; output: $out"
+	grep -qE -- "$pat" <<< "$out" || fail "'$*' output lacks /$pat/: $out"
+	ok "'$*' -> $code: $out"
+}
+
+# ftd_logs_clean: after the ftd were stopped, fail if one of $T/ftd*.log
+# has a sanitizer report or a note of a bad exit.
+ftd_logs_clean() {
+	local f
+	for f in "$T"/ftd*.log; do
+		[ -f "$f" ] || continue
+		if grep -qE 'Sanitizer|runtime error|note: ftd on .* exited' "$f"; then
+			cat "$f"
+			fail "$(basename "$f"): sanitizer report or bad exit"
+		fi
+	done
+	ok "no sanitizer reports in the ftd logs"
+}
+
 # incoming NS IP OUT ARGS...: start `ftvm incoming --listen IP:0 ARGS` in
 # namespace NS (stdout to OUT, stderr to OUT.err); sets $INC_PID and, once
 # it listens, $INC_ADDR.

@@ -26,20 +26,6 @@ field() { python3 -c 'import json,sys; d=json.load(sys.stdin)
 for k in sys.argv[1].split("."): d=d[k]
 print(d)' "$1"; }
 
-# backup NS IP OUT ARGS...: `ftvm backup --listen IP:0`; sets $BK_PID and
-# $BK_ADDR.
-backup() {
-	local ns=$1 ip=$2 out=$3; shift 3
-	: > "$out"
-	ip netns exec "$ns" "$FTVM" backup --listen "$ip:0" "$@" \
-		> "$out" 2> "$out.err" &
-	BK_PID=$!
-	_pids+=($BK_PID)
-	wait_for 20 grep -q 'listening on' "$out" ||
-		fail "backup did not listen: $(cat "$out.err")"
-	BK_ADDR=$(sed -n 's/^backup: listening on //p' "$out")
-}
-
 MAC=52:54:00:00:01:02 GIP=10.77.0.2
 NET="tap=kv0,mac=$MAC,ip=$GIP/24,bridge=br0"
 truncate -s 256M "$T/a-disk.img"

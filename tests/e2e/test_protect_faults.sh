@@ -47,20 +47,6 @@ more_acked() { [ "$(acked)" -ge "$1" ]; }
 pxlog() { grep -q "$1" "$T/px.log" 2>/dev/null; }
 px() { echo "$*" > "$T/px.cmd.tmp" && mv "$T/px.cmd.tmp" "$T/px.cmd"; }
 
-# backup NS IP OUT ARGS...: `ftvm backup --listen IP:0`; sets $BK_PID and
-# $BK_ADDR.
-backup() {
-	local ns=$1 ip=$2 out=$3; shift 3
-	: > "$out"
-	ip netns exec "$ns" "$FTVM" backup --listen "$ip:0" "$@" \
-		> "$out" 2> "$out.err" &
-	BK_PID=$!
-	_pids+=($BK_PID)
-	wait_for 20 grep -q 'listening on' "$out" ||
-		fail "backup did not listen: $(cat "$out.err")"
-	BK_ADDR=$(sed -n 's/^backup: listening on //p' "$out")
-}
-
 # The ledger client, with 120 s of patience instead of 10 (a reply may be
 # held for seconds on purpose here; what counts is that none is lost).
 cat > "$T/ledger-slow.py" <<'EOF'
