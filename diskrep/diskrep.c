@@ -326,6 +326,26 @@ int diskrep_stage_apply(struct diskrep_stage *st, const struct hv_ops *ops,
 	return err;
 }
 
+void diskrep_writeback(const struct hv_ops *ops, struct hv_domain *d)
+{
+	static bool warned;
+	uint64_t size;
+
+	if (!ops->disk_writeback || !ops->disk_info)
+		return;
+	for (unsigned i = 0; ops->disk_info(d, i, &size) == 0; i++) {
+		int err = ops->disk_writeback(d, i);
+
+		if (err && !warned) {
+			warned = true;
+			log_warn("diskrep: disk %u: cannot start write-back: "
+				 "%s (the first flush after a failover will "
+				 "take longer)",
+				 i, strerror(-err));
+		}
+	}
+}
+
 void diskrep_stage_clear(struct diskrep_stage *st)
 {
 	struct wlog l = {.buf = st->buf, .cap = st->cap};

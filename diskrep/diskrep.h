@@ -90,6 +90,12 @@ int diskrep_stage_apply(struct diskrep_stage *st, const struct hv_ops *ops,
 
 void diskrep_stage_clear(struct diskrep_stage *st);
 
+/* Start writing `d`'s disk images back from the host's page cache
+ * (hv_ops.disk_writeback, where the backend has it); does not wait.  A
+ * failure is logged once and otherwise ignored: it only costs time at the
+ * next flush. */
+void diskrep_writeback(const struct hv_ops *ops, struct hv_domain *d);
+
 /* Write what is staged as DISK_WRITE records tagged with `epoch` (the
  * primary's first epoch sends whole dirty blocks this way). */
 int diskrep_stage_send(const struct diskrep_stage *st,

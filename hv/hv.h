@@ -178,6 +178,10 @@ struct hv_ops {
 	 * disk_read / disk_write move bytes between the image and a buffer,
 	 * `off` and `len` multiples of 512 within the disk; disk_write is
 	 * for building a domain (restore, migration) and is not logged.
+	 * disk_writeback (optional) starts writing the image's data that
+	 * sits in the host's page cache to storage and does not wait for
+	 * it: a backup calls it after committing writes, so that the first
+	 * flush after a failover finds little left to write.
 	 * Any thread; reads may race with guest writes (those are logged).
 	 */
 	int (*disk_info)(struct hv_domain *d, unsigned idx, uint64_t *size);
@@ -187,6 +191,7 @@ struct hv_ops {
 			 void *buf, size_t len);
 	int (*disk_write)(struct hv_domain *d, unsigned idx, uint64_t off,
 			  const void *buf, size_t len);
+	int (*disk_writeback)(struct hv_domain *d, unsigned idx);
 
 	/*
 	 * Output hooks (optional: NULL when the backend lacks them), for

@@ -185,6 +185,16 @@ int kvm_disk_write(struct hv_domain *d, unsigned idx, uint64_t off,
 	return blk_rw(&d->blk, off, (void *)buf, len, true);
 }
 
+int kvm_disk_writeback(struct hv_domain *d, unsigned idx)
+{
+	if (idx || d->blk.fd < 0)
+		return -ENOENT;
+	/* Whole file; pages already under write-out are left alone. */
+	if (sync_file_range(d->blk.fd, 0, 0, SYNC_FILE_RANGE_WRITE) < 0)
+		return -errno;
+	return 0;
+}
+
 int64_t kvm_blk_info(struct hv_domain *d, struct ft_hc_block_info *a)
 {
 	if (d->blk.fd < 0)

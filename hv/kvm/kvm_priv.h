@@ -63,6 +63,8 @@ struct kvm_net {
 	pthread_mutex_t hook_lock;
 	hv_net_tx_fn hook;           /* hook_lock */
 	void *hook_ctx;              /* hook_lock */
+	/* kvm_net_announce: the next poll reports FT_POLL_MOVED */
+	atomic_bool moved;
 };
 
 /* The disk (kvm_blk.c). */
@@ -189,6 +191,7 @@ int kvm_disk_dirty_fetch(struct hv_domain *d, unsigned idx, uint64_t *bitmap,
 			 uint64_t nr_blocks);
 int kvm_disk_read(struct hv_domain *d, unsigned idx, uint64_t off, void *buf,
 		  size_t len);
+int kvm_disk_writeback(struct hv_domain *d, unsigned idx);
 int kvm_disk_write(struct hv_domain *d, unsigned idx, uint64_t off,
 		   const void *buf, size_t len);
 int kvm_disk_write_hook(struct hv_domain *d, hv_disk_wr_fn fn, void *ctx);

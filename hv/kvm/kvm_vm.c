@@ -768,6 +768,7 @@ const struct hv_ops kvm_hv_ops = {
 	.disk_dirty_fetch = kvm_disk_dirty_fetch,
 	.disk_read = kvm_disk_read,
 	.disk_write = kvm_disk_write,
+	.disk_writeback = kvm_disk_writeback,
 	.net_tx_hook = kvm_net_tx_hook,
 	.net_tx = kvm_net_tx,
 	.disk_write_hook = kvm_disk_write_hook,
