@@ -461,7 +461,7 @@ static void cmd_ftstats(struct kv *kv, struct kv_client *c,
 
 	(void)r;
 	kvlog_stats(kv->log, &st);
-	resp_array(&c->out, 22);
+	resp_array(&c->out, 24);
 	/* Writes in this batch are acknowledged when this reply is. */
 	add_stat(&c->out, "acked_writes", kv->acked + kv->batch);
 	add_stat(&c->out, "keys", kv->store.count);
@@ -474,6 +474,7 @@ static void cmd_ftstats(struct kv *kv, struct kv_client *c,
 	add_stat(&c->out, "epoch", st.epoch);
 	add_stat(&c->out, "mem_used", kv->mem->used);
 	add_stat(&c->out, "mem_total", kv->mem->size);
+	add_stat(&c->out, "net_moves", kv->net_moves);
 }
 
 static void cmd_command(struct kv *kv, struct kv_client *c,

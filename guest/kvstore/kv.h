@@ -25,6 +25,8 @@ struct kv {
 	uint64_t batch;	   /* writes logged since the last kv_commit */
 	uint64_t replayed; /* log entries applied by kv_apply */
 	int io_err;	   /* a log write failed: acknowledge nothing more */
+	uint64_t net_moves; /* kept by the caller: times the VM was resumed
+			     * elsewhere (FTSTATS) */
 	/* Private. */
 	struct kvlog *log;
 	struct kvmem *mem;

@@ -276,6 +276,7 @@ static __attribute__((noreturn)) void serve(void)
 		err = gnet_ft_poll(&net, deadline);
 		if (err)
 			error("network", err);
+		kv.net_moves = net.stats.moves;
 		for (i = 0; i < nconns; i++)
 			if (conns[i].gc)
 				send_out(&conns[i]);

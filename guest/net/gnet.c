@@ -236,6 +236,16 @@ void gnet_timers(struct gnet *s)
 	gnet_tcp_dispatch(s);
 }
 
+void gnet_moved(struct gnet *s)
+{
+	if (s->in_callback) {
+		s->stats.misuse++;
+		return;
+	}
+	s->stats.moves++;
+	gnet_tcp_moved(s);
+}
+
 uint64_t gnet_next_deadline(const struct gnet *s)
 {
 	return min64(gnet_arp_deadline(s), gnet_tcp_deadline(s));

@@ -122,6 +122,7 @@ struct gnet_stats {
 	uint64_t tcp_timeouts;	  /* connections given up (-ETIMEDOUT) */
 	uint64_t tcp_syn_evicted; /* half-open connections dropped for SYNs */
 	uint64_t tcp_conns;	  /* connections in the pool now */
+	uint64_t moves;		  /* gnet_moved calls */
 };
 
 /* ---- TCP application interface ---------------------------------------- */
@@ -256,6 +257,13 @@ void gnet_input(struct gnet *s, const void *frame, size_t len);
  * retransmission, persist, FIN_WAIT_2 and TIME_WAIT; deliver pending
  * callbacks (e.g. after gnet_tcp_abort). */
 void gnet_timers(struct gnet *s);
+
+/* The VM now runs elsewhere: restored, migrated, or failed over to a
+ * backup (FT_POLL_MOVED).  Prompt every TCP peer to retransmit what this
+ * copy of the VM never received (three duplicate ACKs each), and send
+ * again what it sent and has not seen acknowledged.  Frames are queued;
+ * gnet_flush sends them. */
+void gnet_moved(struct gnet *s);
 
 /* The io->now() time at which gnet_timers next has work: 0 if it has work
  * now, UINT64_MAX if no timer is armed. */

@@ -149,6 +149,8 @@ int gnet_ft_poll(struct gnet *s, uint64_t deadline)
 	next = gnet_next_deadline(s);
 	ready = ft_poll(next < deadline ? next : deadline);
 	now_cached = ft_clock_mono();
+	if (ready & FT_POLL_MOVED)
+		gnet_moved(s);
 	if (ready & FT_POLL_NET) {
 		err2 = receive_all(s);
 		err = err ? err : err2;

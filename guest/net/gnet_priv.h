@@ -155,6 +155,7 @@ void gnet_tcp_input(struct gnet *s, uint32_t src, uint32_t dst,
 void gnet_tcp_timers(struct gnet *s, uint64_t now);
 uint64_t gnet_tcp_deadline(const struct gnet *s);
 void gnet_tcp_output_all(struct gnet *s);
+void gnet_tcp_moved(struct gnet *s);
 void gnet_tcp_dispatch(struct gnet *s);
 int gnet_tcp_check(const struct gnet *s);
 

@@ -1059,6 +1059,42 @@ void gnet_tcp_timers(struct gnet *s, uint64_t now)
 	}
 }
 
+/*
+ * The VM was resumed elsewhere (gnet_moved).  A failed primary's last
+ * epoch is gone: segments the peer sent in it were taken but are not in
+ * our state, and the peer will not send them again before its
+ * retransmission timeout (200 ms at least on Linux).  Three duplicate
+ * ACKs make it retransmit now (RFC 5681 3.2, fast retransmit); a peer with
+ * nothing outstanding ignores them.  What we had sent and not seen
+ * acknowledged goes again too, and a half-open connection repeats its
+ * SYN-ACK.
+ */
+void gnet_tcp_moved(struct gnet *s)
+{
+	for (unsigned int i = 0; i < s->cfg.max_conns; i++) {
+		struct gnet_conn *c = &s->conns[i];
+
+		switch (c->state) {
+		case TS_SYN_RCVD:
+			tcp_xmit(c, c->iss, 0, TH_SYN | TH_ACK);
+			break;
+		case TS_ESTABLISHED:
+		case TS_CLOSE_WAIT:
+		case TS_FIN_WAIT_1:
+		case TS_FIN_WAIT_2:
+		case TS_CLOSING:
+		case TS_LAST_ACK:
+			for (int k = 0; k < 3; k++)
+				tcp_xmit(c, c->snd_nxt, 0, TH_ACK);
+			if (c->snd_max != c->snd_una)
+				tcp_rexmit_first(c);
+			break;
+		default:
+			break;
+		}
+	}
+}
+
 uint64_t gnet_tcp_deadline(const struct gnet *s)
 {
 	uint64_t d = UINT64_MAX;

@@ -111,8 +111,12 @@ struct ft_hc_clock {
 
 /* FT_HC_POLL: block until an input is ready or the monotonic clock reaches
  * `deadline_ns`.  `ready` is a bit set of FT_POLL_* (0 at a timeout).
- * Without devices this is a sleep. */
+ * Without devices this is a sleep.  FT_POLL_MOVED: the VM was resumed
+ * elsewhere (restored, migrated, or failed over to a backup) since a poll
+ * last reported it; peers may have sent packets the VM never saw, and a
+ * TCP stack should prompt them to retransmit now (guest-abi.md, 4). */
 #define FT_POLL_NET 0x1ULL
+#define FT_POLL_MOVED 0x2ULL
 struct ft_hc_poll {
 	uint64_t deadline_ns;
 	uint64_t ready;

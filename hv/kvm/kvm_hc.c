@@ -85,11 +85,11 @@ static int64_t hc_poll(struct hv_domain *d, struct ft_hc_poll *a, bool *stop)
 	uint64_t left, junk;
 	int n;
 
-	a->ready = 0;
-	if (kvm_net_pending(d)) {
-		a->ready = FT_POLL_NET;
+	a->ready = atomic_exchange(&d->net.moved, false) ? FT_POLL_MOVED : 0;
+	if (kvm_net_pending(d))
+		a->ready |= FT_POLL_NET;
+	if (a->ready)
 		return 0;
-	}
 	left = a->deadline_ns > now ? a->deadline_ns - now : 0;
 	if (left > 3600ULL * 1000000000ULL)
 		left = 3600ULL * 1000000000ULL;
@@ -115,6 +115,8 @@ static int64_t hc_poll(struct hv_domain *d, struct ft_hc_poll *a, bool *stop)
 		return -FT_EIO;
 	if (nfds == 2 && (pfd[1].revents & POLLIN))
 		a->ready |= FT_POLL_NET;
+	if (atomic_exchange(&d->net.moved, false))
+		a->ready |= FT_POLL_MOVED;
 	return 0;
 }
 

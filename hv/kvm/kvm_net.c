@@ -594,5 +594,11 @@ int kvm_net_announce(struct hv_domain *d)
 	if (err)
 		log_warn("announcing %s on %s: %s", "the guest", c->tap,
 			 strerror(-err));
+	/* And tell the guest, so that its TCP asks its peers for what the
+	 * old place took and never answered (a failed primary's last
+	 * epoch): its next poll returns FT_POLL_MOVED at once. */
+	atomic_store(&d->net.moved, true);
+	if (d->wake_fd >= 0 && write(d->wake_fd, &(uint64_t){ 1 }, 8) < 0)
+		log_warn("wake: %s", strerror(errno));
 	return err;
 }

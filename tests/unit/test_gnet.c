@@ -1387,6 +1387,61 @@ static void test_tcp_receive(void **state)
 	assert_int_equal(pending(), 0);
 }
 
+/* gnet_moved: three duplicate ACKs per connection (same ack and window,
+ * no data), our unacknowledged data again, a half-open connection's
+ * SYN-ACK again; nothing for a connection whose peer is gone. */
+static void test_tcp_moved(void **state)
+{
+	struct gnet_conn *c;
+	struct peer p, q;
+	struct pkt t;
+	uint32_t wnd, seq;
+
+	(void)state;
+	learn_peer();
+	listen80(APP_MANUAL);
+	peer_init(&p, 40350, OUR_PORT);
+	c = handshake(&p, &app80);
+	peer_send(&p, TH_PSH, "get k", 5);
+	flush();
+	peer_recv(&p, &t);
+	wnd = t.wnd;
+	/* We answered; the answer is in flight, never acknowledged. */
+	assert_int_equal(gnet_tcp_send(c, "value", 5), 5);
+	flush();
+	peer_recv(&p, &t);
+	assert_int_equal(t.len, 5);
+	seq = t.seq;
+	/* A second peer, half open: its SYN-ACK was lost. */
+	peer_init(&q, 40351, OUR_PORT);
+	peer_send(&q, TH_SYN, NULL, 0);
+	flush();
+	peer_recv(&q, &t);
+	assert_int_equal(t.flags, TH_SYN | TH_ACK);
+	q.iss = t.seq;
+	assert_int_equal(pending(), 0);
+
+	gnet_moved(&S);
+	assert_int_equal(gnet_stats(&S)->moves, 1);
+	flush();
+	for (int k = 0; k < 3; k++) {
+		peer_recv(&p, &t);
+		assert_int_equal(t.flags, TH_ACK);
+		assert_int_equal(t.ack, p.nxt);
+		assert_int_equal(t.wnd, wnd);
+		assert_int_equal(t.len, 0);
+	}
+	peer_recv(&p, &t);
+	assert_int_equal(t.seq, seq);
+	assert_int_equal(t.len, 5);
+	assert_memory_equal(t.data, "value", 5);
+	peer_recv(&q, &t);
+	assert_int_equal(t.flags, TH_SYN | TH_ACK);
+	assert_int_equal(t.seq, q.iss);
+	assert_int_equal(t.ack, q.nxt);
+	assert_int_equal(pending(), 0);
+}
+
 static void test_tcp_out_of_order(void **state)
 {
 	struct gnet_conn *c;
@@ -2334,6 +2389,7 @@ int main(void)
 		T(test_tcp_handshake_bad_ack),
 		T(test_tcp_receive),
 		T(test_tcp_out_of_order),
+		T(test_tcp_moved),
 		T(test_tcp_zero_receive_window),
 		T(test_tcp_send_window),
 		T(test_tcp_retransmit),

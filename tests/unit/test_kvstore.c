@@ -586,16 +586,17 @@ static void test_commands(void **state)
 }
 
 /* FTSTATS's reply: the first nine values given, then mem_used and
- * mem_total as they are (the client's buffers are allocated first). */
+ * mem_total as they are (the client's buffers are allocated first), then
+ * net_moves (set by the embedding program; 0 here). */
 static void expect_stats(struct env *e, const uint64_t v[9])
 {
-	static const char *const names[11] = {
+	static const char *const names[12] = {
 		"acked_writes", "keys",		"log_entries",
 		"log_bytes",	"log_capacity", "replayed_entries",
 		"commits",	"compactions",	"epoch",
-		"mem_used",	"mem_total",
+		"mem_used",	"mem_total",	"net_moves",
 	};
-	uint64_t val[11];
+	uint64_t val[12];
 	char want[2048];
 	size_t n = 0;
 
@@ -603,8 +604,9 @@ static void expect_stats(struct env *e, const uint64_t v[9])
 	memcpy(val, v, 9 * sizeof(v[0]));
 	val[9] = e->mem.used;
 	val[10] = e->mem.size;
-	n += (size_t)snprintf(want + n, sizeof(want) - n, "*22\r\n");
-	for (int i = 0; i < 11; i++)
+	val[11] = e->kv.net_moves;
+	n += (size_t)snprintf(want + n, sizeof(want) - n, "*24\r\n");
+	for (int i = 0; i < 12; i++)
 		n += (size_t)snprintf(
 			want + n, sizeof(want) - n, "$%zu\r\n%s\r\n:%llu\r\n",
 			strlen(names[i]), names[i], (unsigned long long)val[i]);
@@ -622,6 +624,9 @@ static void test_ftstats(void **state)
 	expect(&e, "FTSTATS x\r\n",
 	       "-ERR wrong number of arguments for 'ftstats' command\r\n");
 	expect_stats(&e, (uint64_t[]){0, 0, 0, 0, cap, 0, 0, 0, 1});
+	e.kv.net_moves = 3;
+	expect_stats(&e, (uint64_t[]){0, 0, 0, 0, cap, 0, 0, 0, 1});
+	e.kv.net_moves = 0;
 	/* Each of these writes logs 56 bytes: a 32-byte header, a payload
 	 * of 9 or 10 bytes padded to 16, an 8-byte checksum. */
 	expect(&e, "SET k v\r\nDEL k\r\nDEL k\r\nINCR i\r\nSET k v NX\r\n",
