@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -797,7 +798,7 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 
 static void usage(FILE *f)
 {
-	fputs("usage: ftd [options]\n"
+	fprintf(f, "usage: ftd [options]\n"
 	      "\n"
 	      "  --config-dir DIR   certificates and peers (default "
 	      "/etc/ftengine):\n"
@@ -829,18 +830,21 @@ static void usage(FILE *f)
 	      "beats\n"
 	      "                     (default 3); N x MS is also the "
 	      "witness's lease\n"
+	      "  --no-realtime      run at normal priority (default: "
+	      "SCHED_RR %d, so that\n"
+	      "                     heartbeats keep time on a busy host)\n"
 	      "  --verbose          debug logging\n"
 	      "  --help             this text\n"
 	      "\n"
 	      "exit status: 0 after SIGTERM/SIGINT, 1 on a startup error, "
 	      "2 on a usage error\n"
 	      "see docs/ftd.md\n",
-	      f);
+	      FTD_RT_PRIO);
 }
 
 enum { OPT_CONFIG = 1, OPT_STATE, OPT_CONTROL, OPT_LISTEN, OPT_NAME,
        OPT_FTVM, OPT_PEERS, OPT_INSECURE, OPT_DOUBT, OPT_VERBOSE, OPT_HELP,
-       OPT_WITNESS, OPT_HB, OPT_HB_MISSES };
+       OPT_WITNESS, OPT_HB, OPT_HB_MISSES, OPT_NO_RT };
 
 static const struct option long_opts[] = {
 	{ "config-dir", required_argument, NULL, OPT_CONFIG },
@@ -856,6 +860,7 @@ static const struct option long_opts[] = {
 	{ "witness", no_argument, NULL, OPT_WITNESS },
 	{ "heartbeat", required_argument, NULL, OPT_HB },
 	{ "heartbeat-misses", required_argument, NULL, OPT_HB_MISSES },
+	{ "no-realtime", no_argument, NULL, OPT_NO_RT },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
 };
@@ -948,6 +953,7 @@ static int parse_opts(struct ftd *d, int argc, char **argv)
 		}
 		case OPT_VERBOSE: log_set_level(LOG_DEBUG); break;
 		case OPT_WITNESS: d->witness = true; break;
+		case OPT_NO_RT: d->no_realtime = true; break;
 		case OPT_HB:
 		case OPT_HB_MISSES: {
 			char *end;
@@ -1088,6 +1094,29 @@ static int state_dir_open(struct ftd *d)
 	return 0;
 }
 
+/*
+ * A peer is declared lost after --heartbeat-misses beats (150 ms by
+ * default), and on a host whose CPUs are busy with guests a daemon at
+ * normal priority can wait that long for a CPU: a failover nobody asked
+ * for.  So, like corosync, ftd runs its threads (the heartbeat links, the
+ * loop that judges them, the peer connections) at a low real-time
+ * priority.  It is idle nearly all the time; ftvm is reset to normal
+ * priority before it runs (ftd_vm.c).  Threads inherit the policy, so
+ * this runs before any thread starts.
+ */
+static void set_realtime(struct ftd *d)
+{
+	struct sched_param sp = { .sched_priority = FTD_RT_PRIO };
+
+	if (d->no_realtime)
+		return;
+	if (sched_setscheduler(0, SCHED_RR, &sp) < 0)
+		log_warn("cannot run at real-time priority (SCHED_RR %d): "
+			 "%s; on a busy host late heartbeats may cause "
+			 "failovers (see docs/ftd.md, --no-realtime)",
+			 FTD_RT_PRIO, strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
 	struct ftd d = { .ctl_fd = -1, .lock_fd = -1, .peer_fd = -1 };
@@ -1099,6 +1128,7 @@ int main(int argc, char **argv)
 	rc = parse_opts(&d, argc, argv);
 	if (rc)
 		return rc;
+	set_realtime(&d);
 	if (state_dir_open(&d))
 		return 1;
 	d.loop = EV_DEFAULT;

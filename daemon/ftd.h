@@ -17,6 +17,7 @@
  *                  destination's handlers
  */
 #ifndef FTD_H
+#define FTD_RT_PRIO 10 /* SCHED_RR priority of ftd's threads */
 #define FTD_H
 
 #include <ev.h>
@@ -108,6 +109,7 @@ struct ftd {
 	char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX];
 	char listen_host[FTD_ADDR_MAX]; /* host part of --listen, maybe "" */
 	bool insecure_peers, peering, peers_explicit;
+	bool no_realtime; /* --no-realtime */
 	int doubt_limit; /* seconds of asking about an in-doubt migration */
 	bool witness;	 /* --witness: grant leases to protected VMs */
 	unsigned hb_interval_ms, hb_misses; /* heartbeats (ftd_ha.c) */

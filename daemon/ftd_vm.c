@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -807,6 +808,10 @@ int vm_spawn(struct ftd_vm *vm, char **argv, bool want_stdout)
 		 * backup takes over (a clean quit would end the
 		 * protection and drop the replica). */
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		/* ftd's real-time priority is for its heartbeats: a VM's
+		 * vCPUs run at normal priority (ftd.c, set_realtime). */
+		sched_setscheduler(0, SCHED_OTHER,
+				   &(struct sched_param){ .sched_priority = 0 });
 		if (getppid() != parent)
 			_exit(FTD_EXIT_VMM_ERROR);
 		if (nullfd >= 0)

@@ -25,11 +25,21 @@ hftd W --witness
 
 MAC=52:54:00:00:02:02 GIP=10.77.0.2
 pong() { ip netns exec "$NSC" timeout 5 redis-cli -h $GIP ping 2>/dev/null | grep -q PONG; }
+# The guest's count of FT_POLL_MOVED (resumed elsewhere), from FTSTATS.
+moves() { ip netns exec "$NSC" timeout 5 redis-cli -h $GIP FTSTATS | awk 'p { print; exit } $0 == "net_moves" { p = 1 }'; }
 hctl A vm create kv --image "$GUEST_DIR/kvstore.elf" --mem 128M --disk-size 256M \
 	--net "tap=kv0,mac=$MAC,ip=$GIP/24,bridge=br0" > /dev/null || fail "vm create"
 hctl A vm start kv > /dev/null || fail "vm start: $(tail -5 "$T/ftdA.log")"
 wait_for 30 pong || fail "kvstore not answering on A"
 ok "kvstore runs on hostA"
+# ftd's threads run at real-time priority (heartbeats keep time on a busy
+# host); the ftvm it starts runs at normal priority.
+cls=$(ps -L -o cls= -p "${_hftd[A]}" | sort -u | tr -d ' \n')
+[ "$cls" = RR ] || fail "ftd's threads run in scheduling class '$cls', not RR"
+vmpid=$(pgrep -P "${_hftd[A]}" | head -1)
+vcls=$(ps -L -o cls= -p "$vmpid" | sort -u | tr -d ' \n')
+[ "$vcls" = TS ] || fail "ftvm's threads run in scheduling class '$vcls', not TS"
+ok "ftd's $(ps -L -o cls= -p "${_hftd[A]}" | wc -l) threads run SCHED_RR, ftvm's $(ps -L -o cls= -p "$vmpid" | wc -l) normal"
 
 # Bad input: each is refused with a message, and the VM runs on.
 expect_msg 2 'needs --witness HOST' hctl A protect kv hostB
@@ -70,6 +80,7 @@ grep -qE '^kv +running +primary protected +hostB' "$T/list.out" || fail "A's lis
 ok "A: primary protected; B: backup replica; W: $(tail -1 "$T/leases.out")"
 
 # A host crash.
+[ "$(moves)" = 0 ] || fail "net_moves before any move: $(moves)"
 before=$(wc -l < "$T/ledger")
 t0=$(date +%s.%N)
 hkill A
@@ -79,6 +90,7 @@ wait_for 20 pong || fail "kvstore not answering on B"
 t1=$(date +%s.%N)
 fo_ms=$(hjson B kv 'v["protection"]["failover"]["since_primary_lost_ms"]')
 ok "B took over: $(hctl B status kv | grep -E '^(failover|protection):' | tr '\n' ' ') (client answered $(awk "BEGIN { printf \"%d\", ($t1 - $t0) * 1000 }") ms after the kill, at most)"
+[ "$(moves)" = 1 ] || fail "the guest was not told it moved: net_moves $(moves)"
 sleep 3
 after=$(wc -l < "$T/ledger")
 [ "$after" -gt "$before" ] || fail "no writes acknowledged after the failover ($before -> $after)"
