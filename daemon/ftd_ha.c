@@ -1964,6 +1964,7 @@ static void b_prepare(struct ftd *d, struct peer_req *pr, json_t *req,
 	struct ftd_vm *vm;
 	struct statvfs sv;
 	struct ha *ha;
+	char path[PATH_MAX];
 	char *argv[32];
 	int n = 0, rc, port;
 
@@ -2012,7 +2013,8 @@ static void b_prepare(struct ftd *d, struct peer_req *pr, json_t *req,
 		; /* err says why */
 	else if (!json_is_true(ins))
 		cert_check(d, err, sizeof(err));
-	if (!*err && statvfs(d->state_dir, &sv) == 0) {
+	snprintf(path, sizeof(path), "%s/vms", d->state_dir);
+	if (!*err && statvfs(path, &sv) == 0) {
 		uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
 		uint64_t need = def.disk_size + (16ULL << 20);
 
@@ -2021,9 +2023,9 @@ static void b_prepare(struct ftd *d, struct peer_req *pr, json_t *req,
 		if (avail < need)
 			snprintf(err, sizeof(err),
 				 "%s lacks disk space for the replica of %s: "
-				 "it needs %.1f MiB, %s has %.1f MiB free",
+				 "it needs %.1f MiB, %.300s has %.1f MiB free",
 				 d->name, def.name, need / 1048576.0,
-				 d->state_dir, avail / 1048576.0);
+				 path, avail / 1048576.0);
 	}
 	if (*err) {
 		vm_def_free(&def);

@@ -11,8 +11,9 @@
  *   the one listening socket (the kernel hands each connection to one of
  *   them), so a slow or hostile handshake holds up one acceptor for at
  *   most CHAN_NET_HANDSHAKE_MS, never the loop; each accepted channel gets
- *   a connection thread that reads request lines, hands each to the loop
- *   (ftd_post) and writes the loop's answer back.
+ *   a connection thread that reads request lines, refuses one whose
+ *   "from" is not the host its certificate is for, hands the others to
+ *   the loop (ftd_post) and writes the loop's answer back.
  *
  *   peer_call: one thread per call connects, sends one request line,
  *   reads one reply line and posts the result to the loop.
@@ -269,6 +270,54 @@ static json_t *conn_ask_loop(struct ftd *d, json_t *req)
 	return rep;
 }
 
+/*
+ * Over TLS, the sender a request names in "from" must be the host its
+ * certificate is for: else any host with a certificate from the cluster's
+ * CA could speak for any other (claim its leases, end its protection or
+ * its migrations).  NULL if the request may go on (no "from": the loop
+ * refuses it), else the error reply.  With --insecure-peers nothing
+ * authenticates the sender and "from" is taken on trust.  Untrusted
+ * strings are logged and echoed only when they are names (no control
+ * characters to forge log lines with).
+ */
+static json_t *conn_check_from(struct conn *cn, json_t *req)
+{
+	const char *cmd = json_string_value(json_object_get(req, "cmd"));
+	const char *from = json_string_value(json_object_get(req, "from"));
+	int r;
+
+	if (!from)
+		return NULL;
+	if (!name_ok(cmd))
+		cmd = "?";
+	if (!name_ok(from)) {
+		log_warn("peer request \"%s\" from %s refused: its \"from\" "
+			 "is not a host name",
+			 cmd, cn->c->name);
+		return reply_err("peer request refused: \"from\" is not a "
+				 "host name");
+	}
+	if (cn->d->insecure_peers)
+		return NULL; /* names are taken on trust (docs/ftd.md) */
+	r = chan_net_peer_is(cn->c, from);
+	if (r == 1)
+		return NULL;
+	if (r == 0) {
+		log_warn("peer request \"%s\" from %s refused: it claims "
+			 "to be %s, but its certificate is not for %s",
+			 cmd, cn->c->name, from, from);
+		return reply_err("peer request refused: the certificate "
+				 "presented is not for host '%s'",
+				 from);
+	}
+	log_warn("peer request \"%s\" from %s refused: it claims to be "
+		 "%s, but its certificate cannot be checked: %s",
+		 cmd, cn->c->name, from, strerror(-r));
+	return reply_err("peer request refused: cannot check that the "
+			 "certificate presented is for host '%s' (%s)",
+			 from, strerror(-r));
+}
+
 static void *conn_thread(void *arg)
 {
 	struct conn *cn = arg;
@@ -297,7 +346,7 @@ static void *conn_thread(void *arg)
 			rep = reply_err("request must be a JSON object");
 		else if (!json_is_string(json_object_get(req, "cmd")))
 			rep = reply_err("request has no \"cmd\" string");
-		else
+		else if (!(rep = conn_check_from(cn, req)))
 			rep = conn_ask_loop(cn->d, req);
 		id = json_is_object(req) ? json_object_get(req, "id") : NULL;
 		if (id)

@@ -592,6 +592,26 @@ static const struct chan_ops tls_ops = {
 	.close = tls_close,
 };
 
+int chan_net_peer_is(struct chan *c, const char *name)
+{
+	struct chan_tls *t = (struct chan_tls *)c;
+	X509 *x;
+	int r;
+
+	if (!name || !*name)
+		return -EINVAL;
+	if (!c || c->ops != &tls_ops)
+		return -ENOTSUP;
+	x = SSL_get0_peer_certificate(t->ssl);
+	if (!x || SSL_get_verify_result(t->ssl) != X509_V_OK)
+		return -EACCES;
+	r = X509_check_host(x, name, 0, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS,
+			    NULL);
+	ERR_clear_error();
+	/* -1 (an internal error) and -2 (a malformed name): no match. */
+	return r == 1;
+}
+
 /*
  * Run the TLS handshake on the non-blocking socket fd (taken over: closed
  * on failure) until `deadline`, confirm it (see chan_net.h), and make the

@@ -78,4 +78,21 @@ int chan_net_accept(int lfd, const struct chan_tls_cfg *cfg, int timeout_ms,
 int chan_net_connect(const char *addr, const struct chan_tls_cfg *cfg,
 		     int timeout_ms, struct chan **out);
 
+/*
+ * Is the peer of the TLS channel `c` (from chan_net_accept() or
+ * chan_net_connect()) the host `name`?  Checks the certificate it
+ * presented in the handshake, already verified against the CA, for `name`
+ * as a DNS name (a SAN entry, or the CN when the certificate has no DNS
+ * SAN; no partial wildcards; case-insensitive, as DNS names are).  For a
+ * server that gave no cfg->peer_name, this is how it learns who connected.
+ * Does not block; not thread-safe with other calls on `c`.
+ * Return 1 (it is), 0 (it is not), or:
+ *   -ENOTSUP  `c` is not a TLS channel (plain TCP with cfg->insecure, or
+ *             not a network channel): nothing authenticates its peer;
+ *   -EACCES   no verified peer certificate (cannot happen after a
+ *             successful chan_net_accept() or chan_net_connect());
+ *   -EINVAL   `name` is NULL or empty.
+ */
+int chan_net_peer_is(struct chan *c, const char *name);
+
 #endif /* CHAN_NET_H */

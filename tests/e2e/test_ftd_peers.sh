@@ -4,8 +4,11 @@
 # the VM keeps running on the source: unknown host, the host itself, no
 # ftd there, a certificate from another CA, an expired certificate (theirs
 # or ours), a certificate for another name, a plain-TCP peer, a source the
-# destination does not know, a cut link; ours from another CA.  Then both hosts in plain-TCP mode
-# (--insecure-peers, migrate --insecure) move a VM for real.
+# destination does not know, a cut link; ours from another CA; a host
+# of the cluster whose requests claim to come from another host (refused:
+# the "from" must be the name in the caller's certificate).  Then both
+# hosts in plain-TCP mode (--insecure-peers, migrate --insecure) move a VM
+# for real; there, "from" is taken on trust.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/ftd-lib.sh"
 need_kvm
@@ -100,6 +103,76 @@ still_here
 ftd_stop B
 rm -rf "$T/confB" && cp -a "$T/confB.good" "$T/confB"
 
+# peer_raw WHO LINE...: send peer requests to hostB's ftd from hostA's
+# namespace, over TLS with the certificate $T/ca/WHO.crt (or plain TCP if
+# WHO is --plain), all on one connection; print the reply lines.
+peer_raw() {
+	ip netns exec "$NSA" python3 - "$T/ca" "$@" <<'PY'
+import socket, ssl, sys
+ca, who, lines = sys.argv[1], sys.argv[2], sys.argv[3:]
+s = socket.create_connection(("10.88.0.2", 7480), timeout=10)
+if who != "--plain":
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_verify_locations(ca + "/ca.crt")
+    ctx.load_cert_chain(f"{ca}/{who}.crt", f"{ca}/{who}.key")
+    s = ctx.wrap_socket(s, server_hostname="hostB")
+    if s.recv(1) != b"\x06":  # ftd's handshake confirmation
+        sys.exit("no handshake confirmation from hostB")
+s.sendall(b"".join(l.encode() + b"\n" for l in lines))
+buf = b""
+while buf.count(b"\n") < len(lines):
+    d = s.recv(65536)
+    if not d:
+        break
+    buf += d
+print(buf.decode().strip())
+PY
+}
+
+# A host of the cluster (hostC: a valid certificate for its own name, in
+# hostB's peers file) claims to be hostA: refused, on a connection that
+# stays usable; the same host under its own name is answered.
+"$CERTS" host "$T/ca" hostC 10.88.0.1 >/dev/null || fail "hostC cert"
+echo "hostC 10.88.0.1:7481" >> "$T/confB/peers"
+ftd_start B
+FORGED="peer request refused: the certificate presented is not for host 'hostA'"
+r=$(peer_raw hostC '{"cmd":"hello","from":"hostA","id":1}' \
+	'{"cmd":"vm-state","from":"hostA","name":"vm1","id":2}' \
+	'{"cmd":"hello","from":"hostC","id":3}' \
+	'{"cmd":"hello","from":"x\nftd: error: forged","id":4}')
+[ "$(grep -c . <<< "$r")" = 4 ] || fail "expected 4 replies, got: $r"
+grep -qxF "{\"ok\":false,\"error\":\"$FORGED\",\"id\":1}" <<< "$r" ||
+	fail "a forged hello was not refused as such: $r"
+grep -qxF "{\"ok\":false,\"error\":\"$FORGED\",\"id\":2}" <<< "$r" ||
+	fail "a forged vm-state was not refused as such: $r"
+grep -qxF '{"ok":true,"name":"hostB","id":3}' <<< "$r" ||
+	fail "hostC's own hello was not answered: $r"
+grep -qxF '{"ok":false,"error":"peer request refused: \"from\" is not a host name","id":4}' <<< "$r" ||
+	fail "a \"from\" with a newline was not refused as such: $r"
+grep -q '^ftd: error: forged' "$T/ftdB.log" && fail "hostB logged a forged line"
+grep -qE "peer request \"hello\" from tls 10\.88\.0\.1:[0-9]+ refused: it claims to be hostA, but its certificate is not for hostA" \
+	"$T/ftdB.log" || fail "hostB did not log the forgery: $(tail -n 5 "$T/ftdB.log")"
+ok "forged \"from\" refused: $(head -n 1 <<< "$r"); hostB logged: $(grep -m1 'claims to be hostA' "$T/ftdB.log")"
+r=$(peer_raw hostC '{"cmd":"hello","from":"hostC"}')
+[ "$r" = '{"ok":true,"name":"hostB"}' ] || fail "hostC's own hello on a new connection: $r"
+# A name the certificate is for but the peers file lacks: still refused
+# by the peers file, as before.
+r=$(peer_raw hostX '{"cmd":"hello","from":"hostX"}')
+grep -qF 'hostX is not a peer of hostB' <<< "$r" || fail "hostX (not a peer): $r"
+# hostA's own requests pass: ftctl peers (hello) on hostA.
+expect_msg 0 "^hostB +10.88.0.2:7480 +ok$" fa peers
+# hostA presenting hostC's certificate (read at each connection): hostB
+# refuses its requests, and ftctl says so.
+cp "$T/ca/hostC.crt" "$T/confA/hostA.crt"
+cp "$T/ca/hostC.key" "$T/confA/hostA.key"
+expect_msg 1 "^hostB .* it refuses: peer request refused: the certificate presented is not for host 'hostA'" fa peers
+rm -rf "$T/confA" && cp -a "$T/confA.good" "$T/confA"
+expect_msg 0 "^hostB +10.88.0.2:7480 +ok$" fa peers
+still_here
+ftd_stop B
+rm -rf "$T/confB" && cp -a "$T/confB.good" "$T/confB"
+
 # The link to hostB is down: a bounded wait, then a clear message.
 ftd_start B
 ip -n "$NSB" link set veth-b down
@@ -129,5 +202,8 @@ fa migrate vm2 hostB --insecure > "$T/m2.out" 2>&1 || fail "insecure migrate: $(
 grep -q 'vm2 moved from hostA to hostB' "$T/m2.out" || fail "no summary: $(cat "$T/m2.out")"
 grep -q 'insecure' "$T/ftdA.log" || fail "hostA did not warn about plain TCP"
 ok "plain TCP by choice: $(tail -n1 "$T/m2.out")"
+# Plain TCP authenticates nobody: "from" is taken on trust (documented).
+r=$(peer_raw --plain '{"cmd":"hello","from":"hostA"}')
+[ "$r" = '{"ok":true,"name":"hostB"}' ] || fail "plain-TCP hello: $r"
 wait_for 10 grep -q spin "$T/stateB/vms/vm2/console.log" || fail "vm2 silent on hostB"
 ftd_check_logs
