@@ -233,16 +233,10 @@ static struct ftd_vm *req_vm(struct ftd *d, json_t *req, json_t **err)
 
 static json_t *cmd_create(struct ftd *d, json_t *req, struct ctl_req *r)
 {
-	static const char *const allowed[] = { "name",	  "image", "mem",
-					       "cmdline", "net",   "disk_size",
-					       "console", NULL };
 	struct vm_def def;
 	struct ftd_vm *vm, *other;
 	char err[FTD_REASON_MAX];
-	json_t *rep = check_members(req, allowed);
 
-	if (rep)
-		return rep;
 	if (vm_def_from_json(req, true, &def, err, sizeof(err)))
 		return reply_err("%s", err);
 	vm = vm_find(d, def.name);
@@ -270,36 +264,27 @@ static json_t *cmd_create(struct ftd *d, json_t *req, struct ctl_req *r)
 
 static json_t *cmd_start(struct ftd *d, json_t *req, struct ctl_req *r)
 {
-	static const char *const allowed[] = { "name", NULL };
-	json_t *rep = check_members(req, allowed);
+	json_t *rep = NULL;
 	struct ftd_vm *vm;
 
-	if (rep)
-		return rep;
 	vm = req_vm(d, req, &rep);
 	return vm ? vm_start(vm, r) : rep;
 }
 
 static json_t *cmd_stop(struct ftd *d, json_t *req, struct ctl_req *r)
 {
-	static const char *const allowed[] = { "name", NULL };
-	json_t *rep = check_members(req, allowed);
+	json_t *rep = NULL;
 	struct ftd_vm *vm;
 
-	if (rep)
-		return rep;
 	vm = req_vm(d, req, &rep);
 	return vm ? vm_stop(vm, r) : rep;
 }
 
 static json_t *cmd_delete(struct ftd *d, json_t *req, struct ctl_req *r)
 {
-	static const char *const allowed[] = { "name", NULL };
-	json_t *rep = check_members(req, allowed);
+	json_t *rep = NULL;
 	struct ftd_vm *vm;
 
-	if (rep)
-		return rep;
 	vm = req_vm(d, req, &rep);
 	if (!vm)
 		return rep;
@@ -333,13 +318,10 @@ static void status_live_cb(void *arg, int err, json_t *live)
 
 static json_t *cmd_status(struct ftd *d, json_t *req, struct ctl_req *r)
 {
-	static const char *const allowed[] = { "name", NULL };
-	json_t *rep = check_members(req, allowed);
+	json_t *rep = NULL;
 	struct status_q *q;
 	struct ftd_vm *vm;
 
-	if (rep)
-		return rep;
 	vm = req_vm(d, req, &rep);
 	if (!vm)
 		return rep;
@@ -362,13 +344,9 @@ static json_t *cmd_status(struct ftd *d, json_t *req, struct ctl_req *r)
 
 static json_t *cmd_list(struct ftd *d, json_t *req, struct ctl_req *r)
 {
-	static const char *const allowed[] = { NULL };
-	json_t *rep = check_members(req, allowed);
 	json_t *a;
 	struct ftd_vm *vm;
 
-	if (rep)
-		return rep;
 	a = json_array();
 	for (vm = d->vms; vm; vm = vm->next)
 		json_array_append_new(a, vm_summary(vm));
@@ -377,13 +355,9 @@ static json_t *cmd_list(struct ftd *d, json_t *req, struct ctl_req *r)
 
 static json_t *cmd_host(struct ftd *d, json_t *req, struct ctl_req *r)
 {
-	static const char *const allowed[] = { NULL };
-	json_t *rep = check_members(req, allowed);
 	struct ftd_vm *vm;
 	int n = 0;
 
-	if (rep)
-		return rep;
 	for (vm = d->vms; vm; vm = vm->next)
 		n++;
 	return json_pack("{s:b, s:s, s:s, s:s, s:s, s:b, s:i, s:o}", "ok", 1,
@@ -444,13 +418,10 @@ static void peer_ping_cb(struct ftd *d, void *arg, json_t *rep,
 
 static json_t *cmd_peers(struct ftd *d, json_t *req, struct ctl_req *r)
 {
-	static const char *const allowed[] = { NULL };
-	json_t *rep = check_members(req, allowed), *e;
+	json_t *e;
 	struct peers_q *q;
 	size_t i;
 
-	if (rep)
-		return rep;
 	if (!d->peering)
 		return reply_err("%s does not peer (ftd runs with --listen "
 				 "none)",
@@ -492,72 +463,34 @@ static json_t *cmd_peers(struct ftd *d, json_t *req, struct ctl_req *r)
 	return NULL;
 }
 
-static json_t *cmd_migrate(struct ftd *d, json_t *req, struct ctl_req *r)
-{
-	static const char *const allowed[] = {
-		"name",		"to",		 "downtime_ms",	 "bandwidth",
-		"abort_if_busy", "auto_converge", "compress",	 "xbzrle_cache",
-		"timeout_ms",	"insecure",	 NULL
-	};
-	json_t *rep = check_members(req, allowed);
-
-	return rep ? rep : mig_start(d, req, r);
-}
-
-static json_t *cmd_resolve(struct ftd *d, json_t *req, struct ctl_req *r)
-{
-	static const char *const allowed[] = { "name", "moved", NULL };
-	json_t *rep = check_members(req, allowed);
-
-	return rep ? rep : mig_resolve_cmd(d, req, r);
-}
-
-static json_t *cmd_protect(struct ftd *d, json_t *req, struct ctl_req *r)
-{
-	static const char *const allowed[] = {
-		"name",	      "peer",	   "witness", "no_arbiter", "insecure",
-		"interval_ms", "timeout_ms", "grace_ms", "delta",	     NULL
-	};
-	json_t *rep = check_members(req, allowed);
-
-	return rep ? rep : ha_protect_cmd(d, req, r);
-}
-
-static json_t *cmd_unprotect(struct ftd *d, json_t *req, struct ctl_req *r)
-{
-	static const char *const allowed[] = { "name", NULL };
-	json_t *rep = check_members(req, allowed);
-
-	return rep ? rep : ha_unprotect_cmd(d, req, r);
-}
-
-static json_t *cmd_failover(struct ftd *d, json_t *req, struct ctl_req *r)
-{
-	static const char *const allowed[] = { "name", "force", NULL };
-	json_t *rep = check_members(req, allowed);
-
-	return rep ? rep : ha_failover_cmd(d, req, r);
-}
-
-static json_t *cmd_leases(struct ftd *d, json_t *req, struct ctl_req *r)
-{
-	static const char *const allowed[] = { NULL };
-	json_t *rep = check_members(req, allowed);
-
-	return rep ? rep : ha_leases_cmd(d, req, r);
-}
-
+/* Each command, and the members it takes beside "cmd" and "id": any
+ * other is refused before the command runs (check_members). */
+#define CMD_MEMBERS_MAX 12
 static const struct {
 	const char *name;
 	ctl_cmd_fn fn;
+	const char *members[CMD_MEMBERS_MAX]; /* at most MAX - 1: NULL-ended */
 } commands[] = {
-	{ "create", cmd_create },   { "start", cmd_start },
-	{ "stop", cmd_stop },	    { "delete", cmd_delete },
-	{ "status", cmd_status },   { "list", cmd_list },
-	{ "host", cmd_host },	    { "migrate", cmd_migrate },
-	{ "resolve", cmd_resolve }, { "peers", cmd_peers },
-	{ "protect", cmd_protect }, { "unprotect", cmd_unprotect },
-	{ "failover", cmd_failover }, { "leases", cmd_leases },
+	{ "create", cmd_create,
+	  { "name", "image", "mem", "cmdline", "net", "disk_size", "console" } },
+	{ "start", cmd_start, { "name" } },
+	{ "stop", cmd_stop, { "name" } },
+	{ "delete", cmd_delete, { "name" } },
+	{ "status", cmd_status, { "name" } },
+	{ "list", cmd_list, { NULL } },
+	{ "host", cmd_host, { NULL } },
+	{ "migrate", mig_start,
+	  { "name", "to", "downtime_ms", "bandwidth", "abort_if_busy",
+	    "auto_converge", "compress", "xbzrle_cache", "timeout_ms",
+	    "insecure" } },
+	{ "resolve", mig_resolve_cmd, { "name", "moved" } },
+	{ "peers", cmd_peers, { NULL } },
+	{ "protect", ha_protect_cmd,
+	  { "name", "peer", "witness", "no_arbiter", "insecure", "interval_ms",
+	    "timeout_ms", "grace_ms", "delta" } },
+	{ "unprotect", ha_unprotect_cmd, { "name" } },
+	{ "failover", ha_failover_cmd, { "name", "force" } },
+	{ "leases", ha_leases_cmd, { NULL } },
 };
 
 /* Handle one request line; the reply is sent now or later (busy). */
@@ -589,6 +522,8 @@ static void client_handle(struct ctl_client *cl, const char *line)
 				break;
 		if (!rep && i == sizeof(commands) / sizeof(*commands))
 			rep = reply_err("unknown command \"%s\"", cmd);
+		if (!rep)
+			rep = check_members(req, commands[i].members);
 		if (!rep) {
 			r = calloc(1, sizeof(*r));
 			if (!r) {

@@ -198,6 +198,11 @@ expect_reply '{"cmd":"launch"}' 'unknown command \\"launch\\"'
 expect_reply '{"cmd":"list","id":"x7"}' '"id":"x7"'
 expect_reply '{"cmd":"list","cmd":"host"}' 'bad JSON.*duplicate'
 expect_reply '{"cmd":"list","verbose":true}' 'unknown member \\"verbose\\" for \\"list\\"'
+# Every command refuses a member it does not take, before it runs.
+for c in create start stop delete status list host migrate resolve peers \
+	protect unprotect failover leases; do
+	expect_reply "{\"cmd\":\"$c\",\"bogus\":1}" "unknown member \\\\\"bogus\\\\\" for \\\\\"$c\\\\\""
+done
 # protection requests: bad members are refused before anything starts
 expect_reply '{"cmd":"protect","name":"spin","peer":"hostB","bogus":1}' 'unknown member \\"bogus\\" for \\"protect\\"'
 expect_reply '{"cmd":"protect","name":"spin","peer":"hostB"}' 'protect needs a witness'
