@@ -596,6 +596,12 @@ static int vm_simple(const char *verb, int argc, char **argv)
 	return 0;
 }
 
+/* Is `arg` a request for a command's help text? */
+static bool is_help(const char *arg)
+{
+	return !strcmp(arg, "--help") || !strcmp(arg, "-h");
+}
+
 static int cmd_vm(int argc, char **argv)
 {
 	static const char *const verbs[] = { "start", "stop",	 "delete",
@@ -605,8 +611,7 @@ static int cmd_vm(int argc, char **argv)
 
 	if (argc < 2)
 		return vm_help(stderr);
-	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
-	    !strcmp(argv[1], "help"))
+	if (is_help(argv[1]) || !strcmp(argv[1], "help"))
 		return vm_help(stdout);
 	if (!strcmp(argv[1], "create"))
 		return vm_create(argc - 1, argv + 1);
@@ -904,8 +909,7 @@ static int cmd_host(int argc, char **argv)
 	json_t *rep, *peers, *pe;
 	size_t i;
 
-	if (argc > 1 &&
-	    (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+	if (argc > 1 && is_help(argv[1])) {
 		puts("usage: ftctl host\n\nThis host's name, peer address, "
 		     "directories and peers.");
 		return 0;
@@ -943,7 +947,7 @@ static int cmd_peers(int argc, char **argv)
 	size_t i;
 	int rc = 0;
 
-	if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+	if (argc > 1 && is_help(argv[1])) {
 		puts("usage: ftctl peers\n\nConnect to every host in ftd's "
 		     "peers file (TLS, as a migration\nwould) and say which "
 		     "answer.  Exit status 1 if one does not.");
@@ -1132,7 +1136,7 @@ static int cmd_unprotect(int argc, char **argv)
 {
 	json_t *rep;
 
-	if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+	if (argc > 1 && is_help(argv[1])) {
 		puts("usage: ftctl unprotect NAME\n\nEnd the protection of "
 		     "NAME: it runs on here without a backup; the\nbackup "
 		     "drops its replica.");
@@ -1161,7 +1165,7 @@ static int cmd_failover(int argc, char **argv)
 	const char *name = NULL;
 
 	for (i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+		if (is_help(argv[i])) {
 			puts("usage: ftctl failover NAME [--force]\n\n"
 			     "On NAME's backup host: run the replica here "
 			     "now.  The witness must\ngrant it (it does once "
@@ -1197,7 +1201,7 @@ static int cmd_status(int argc, char **argv)
 	json_t *rep, *vm;
 	size_t i;
 
-	if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+	if (argc > 1 && is_help(argv[1])) {
 		puts("usage: ftctl status [NAME]\n\nNAME's state and "
 		     "protection (role, state, peer, heartbeat, failover);\n"
 		     "without NAME, one line per VM.");
@@ -1251,7 +1255,7 @@ static int cmd_leases(int argc, char **argv)
 	json_t *rep, *l;
 	size_t i;
 
-	if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+	if (argc > 1 && is_help(argv[1])) {
 		puts("usage: ftctl leases\n\nOn a witness (ftd --witness): "
 		     "each protected VM it knows, its owner\n(the host that "
 		     "may run it), backup, generation and lease.");

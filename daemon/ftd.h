@@ -153,9 +153,11 @@ bool name_ok(const char *s);
 int vm_def_from_json(json_t *j, bool check_image, struct vm_def *def,
 		     char *err, size_t errlen);
 json_t *vm_def_to_json(const struct vm_def *def);
-/* A definition from a peer: its console goes to the VM's directory, never
- * where the peer says. */
-void vm_def_localize(struct vm_def *def);
+/* A definition from a peer (a migration's or a protection's): as
+ * vm_def_from_json without the image check, and its console goes to the
+ * VM's directory, never where the peer says. */
+int vm_def_from_peer(json_t *j, struct vm_def *def, char *err,
+		     size_t errlen);
 void vm_def_free(struct vm_def *def);
 
 /* Load every STATE/vms/NAME; skip (and log) broken ones.  0 or -errno. */

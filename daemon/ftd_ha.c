@@ -1963,6 +1963,7 @@ static void b_prepare(struct ftd *d, struct peer_req *pr, json_t *req,
 	struct vm_def def;
 	struct ftd_vm *vm;
 	struct statvfs sv;
+	struct ftd_vm *other;
 	struct ha *ha;
 	char path[PATH_MAX];
 	char *argv[32];
@@ -1974,12 +1975,11 @@ static void b_prepare(struct ftd *d, struct peer_req *pr, json_t *req,
 					     "\"insecure\""));
 		return;
 	}
-	if (vm_def_from_json(json_object_get(req, "vm"), false, &def, err,
+	if (vm_def_from_peer(json_object_get(req, "vm"), &def, err,
 			     sizeof(err))) {
 		peer_req_reply(pr, reply_err("bad VM definition: %s", err));
 		return;
 	}
-	vm_def_localize(&def);
 	*err = '\0';
 	vm = vm_find(d, def.name);
 	if (vm && vm->ha && vm->ha->role == HA_BACKUP &&
@@ -1999,10 +1999,10 @@ static void b_prepare(struct ftd *d, struct peer_req *pr, json_t *req,
 		snprintf(err, sizeof(err), "a VM named %s already exists on %s "
 					   "(%s)",
 			 def.name, d->name, vm_state_name(vm->state));
-	else if (def.net && vm_tap_user(d, def.net, vm))
+	else if (def.net && (other = vm_tap_user(d, def.net, vm)))
 		snprintf(err, sizeof(err),
 			 "its TAP device is already used by VM %s on %s",
-			 vm_tap_user(d, def.net, vm)->def.name, d->name);
+			 other->def.name, d->name);
 	else if (*wit && peer_addr(d, "witness", wit, waddr, whost))
 		snprintf(err, sizeof(err),
 			 "the witness %s is not a peer of %s (not in its "

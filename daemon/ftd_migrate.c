@@ -1028,12 +1028,11 @@ static void dest_prepare(struct ftd *d, struct peer_req *pr, json_t *req,
 					     "false"));
 		return;
 	}
-	if (vm_def_from_json(json_object_get(req, "vm"), false, &def, err,
+	if (vm_def_from_peer(json_object_get(req, "vm"), &def, err,
 			     sizeof(err))) {
 		peer_req_reply(pr, reply_err("bad VM definition: %s", err));
 		return;
 	}
-	vm_def_localize(&def);
 	*err = '\0';
 	vm = vm_find(d, def.name);
 	if (vm)

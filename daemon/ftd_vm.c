@@ -243,17 +243,23 @@ int vm_def_from_json(json_t *j, bool check_image, struct vm_def *def,
 	return 0;
 }
 
-void vm_def_localize(struct vm_def *def)
+int vm_def_from_peer(json_t *j, struct vm_def *def, char *err,
+		     size_t errlen)
 {
 	char *c;
+	int rc = vm_def_from_json(j, false, def, err, errlen);
 
-	if (def->console[0] != '/')
-		return;
+	if (rc || def->console[0] != '/')
+		return rc;
 	c = strdup("console.log");
-	if (c) {
-		free(def->console);
-		def->console = c;
+	if (!c) {
+		vm_def_free(def);
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
 	}
+	free(def->console);
+	def->console = c;
+	return 0;
 }
 
 json_t *vm_def_to_json(const struct vm_def *def)
