@@ -477,23 +477,31 @@ static int draw_init(struct draw *dw, struct prim *p, uint64_t k,
 	return 0;
 }
 
+/* Dirty the draw's i-th run: a run not drawn yet this epoch (a partial
+ * Fisher-Yates shuffle of the hot set), filled in `wl`'s way. */
+static int dirty_run(struct draw *dw, struct prim *p, enum workload wl,
+		     uint64_t i)
+{
+	uint64_t j = i + rng_next(&p->rng) % (dw->nr_runs - i);
+	uint64_t t = dw->runs[i];
+
+	dw->runs[i] = dw->runs[j];
+	dw->runs[j] = t;
+	if (wl == WL_RANDOM)
+		for (unsigned r = 0; r < dw->run; r++)
+			memcpy(page_ptr(p, dw->runs[i] + r),
+			       p->pool + (rng_next(&p->rng) % POOL_PAGES) *
+						 HV_PAGE_SIZE,
+			       HV_PAGE_SIZE);
+	return mb_dirty(p, dw->runs[i], dw->run);
+}
+
 /* Dirty per_epoch runs drawn from the hot set, in `wl`'s way. */
 static int draw_dirty(struct draw *dw, struct prim *p, enum workload wl)
 {
 	for (uint64_t i = 0; i < dw->per_epoch; i++) {
-		uint64_t j = i + rng_next(&p->rng) % (dw->nr_runs - i);
-		uint64_t t = dw->runs[i];
-		int err;
+		int err = dirty_run(dw, p, wl, i);
 
-		dw->runs[i] = dw->runs[j];
-		dw->runs[j] = t;
-		if (wl == WL_RANDOM)
-			for (unsigned r = 0; r < dw->run; r++)
-				memcpy(page_ptr(p, dw->runs[i] + r),
-				       p->pool + (rng_next(&p->rng) %
-						  POOL_PAGES) * HV_PAGE_SIZE,
-				       HV_PAGE_SIZE);
-		err = mb_dirty(p, dw->runs[i], dw->run);
 		if (err)
 			return err;
 	}
@@ -626,8 +634,6 @@ static int draw_paced(struct draw *dw, struct prim *p, enum workload wl,
 {
 	for (uint64_t i = 0; i < dw->per_epoch; i++) {
 		uint64_t when = t0 + interval_ns * i / dw->per_epoch, now;
-		uint64_t j = i + rng_next(&p->rng) % (dw->nr_runs - i);
-		uint64_t t = dw->runs[i];
 		int err;
 
 		now = bench_ns();
@@ -641,15 +647,7 @@ static int draw_paced(struct draw *dw, struct prim *p, enum workload wl,
 		}
 		if (__atomic_load_n(seen, __ATOMIC_ACQUIRE) != at_start)
 			return 0; /* an epoch came: start over */
-		dw->runs[i] = dw->runs[j];
-		dw->runs[j] = t;
-		if (wl == WL_RANDOM)
-			for (unsigned r = 0; r < dw->run; r++)
-				memcpy(page_ptr(p, dw->runs[i] + r),
-				       p->pool + (rng_next(&p->rng) %
-						  POOL_PAGES) * HV_PAGE_SIZE,
-				       HV_PAGE_SIZE);
-		err = mb_dirty(p, dw->runs[i], dw->run);
+		err = dirty_run(dw, p, wl, i);
 		if (err)
 			return err;
 	}
@@ -1671,15 +1669,15 @@ static void print_load(const char *when)
 	fflush(stdout);
 }
 
-static void usage(void)
+static void usage(FILE *f, int status)
 {
-	fprintf(stderr,
+	fprintf(f,
 		"usage: bench_ckpt [--quick] [--mem MIB] [--levels K[,K...]] "
 		"[--epochs N] [--run PAGES] [--wss-factor F] "
 		"[--workloads random,word] [--no-verify]\n"
 		"       bench_ckpt --kvstore SECONDS [--disk-dir DIR]\n"
 		"       bench_ckpt --cow-probe [--mem MIB]\n");
-	exit(2);
+	exit(status);
 }
 
 int main(int argc, char **argv)
@@ -1696,6 +1694,7 @@ int main(int argc, char **argv)
 		{ "kvstore", required_argument, NULL, 'k' },
 		{ "disk-dir", required_argument, NULL, 'd' },
 		{ "cow-probe", no_argument, NULL, 'c' },
+		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct opts o = { .mem_mib = 512, .levels = { 1000, 10000 },
@@ -1721,10 +1720,10 @@ int main(int argc, char **argv)
 			for (t = strtok_r(optarg, ",", &save); t;
 			     t = strtok_r(NULL, ",", &save)) {
 				if (o.nlevels == MAX_LEVELS)
-					usage();
+					usage(stderr, 2);
 				o.levels[o.nlevels++] = strtoull(t, NULL, 0);
 				if (!o.levels[o.nlevels - 1])
-					usage();
+					usage(stderr, 2);
 			}
 			break;
 		case 'e':
@@ -1745,7 +1744,7 @@ int main(int argc, char **argv)
 				else if (!strcmp(t, "word"))
 					o.wl[WL_WORD] = true;
 				else
-					usage();
+					usage(stderr, 2);
 			}
 			break;
 		case 'n':
@@ -1754,21 +1753,24 @@ int main(int argc, char **argv)
 		case 'k':
 			o.kvstore_s = (unsigned)strtoul(optarg, NULL, 0);
 			if (!o.kvstore_s)
-				usage();
+				usage(stderr, 2);
 			break;
 		case 'd':
 			o.disk_dir = optarg;
+			break;
+		case 'h':
+			usage(stdout, 0);
 			break;
 		case 'c':
 			o.cow_probe = true;
 			break;
 		default:
-			usage();
+			usage(stderr, 2);
 		}
 	}
 	if (optind != argc || o.mem_mib < 64 || !o.run || o.run > 512 ||
 	    !o.wss_factor || o.epochs > MAX_EPOCHS - 8)
-		usage();
+		usage(stderr, 2);
 	o.arena_mib = o.mem_mib * 3 / 4;
 	if (kvm_probe())
 		return 1;

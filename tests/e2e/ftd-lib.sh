@@ -71,15 +71,9 @@ ftd_start() {
 ftd_stop() {
 	local p=${_ftd_pid[$1]:-}
 	[ -n "$p" ] || return 0
-	kill "$p" 2>/dev/null
 	# ftd stops its VMs first (SIGTERM, then SIGKILL after 10 s).
-	for _ in $(seq 1 300); do
-		kill -0 "$p" 2>/dev/null || break
-		sleep 0.05
-	done
-	wait "$p" 2>/dev/null
+	stop_daemon "$p" "$T/ftd$1.log" "ftd on host$1"
 	_ftd_rc=$?
-	[ $_ftd_rc -eq 0 ] || echo "note: ftd on host$1 exited $_ftd_rc" >> "$T/ftd$1.log"
 	_ftd_pid[$1]=
 	rm -f "$T/$(tr AB ab <<< "$1").sock"
 }

@@ -49,12 +49,7 @@ ha_hosts() {
 		ip -n "$ns" link set eth0 up
 	done
 	for h in A B; do
-		ns=$(_hns $h) n=$(tr AB ab <<< $h)
-		ip -n "$ns" link add br0 type bridge
-		ip -n "$ns" link set br0 up
-		ip -n "$ns" link add uplink type veth peer name u$n netns "$NSC"
-		ip -n "$ns" link set uplink master br0 up
-		ip -n "$NSC" link set u$n master lan up
+		lan_uplink "$(_hns $h)" "$NSC" u$(tr AB ab <<< $h)
 	done
 	command -v openssl >/dev/null || skip "openssl not installed"
 	"$TOP/tools/ft-certs" init "$T/ca" >/dev/null || fail "ft-certs init"
@@ -119,14 +114,7 @@ hkill() {
 hstop() {
 	local p=${_hftd[$1]:-}
 	[ -n "$p" ] || return 0
-	kill "$p" 2>/dev/null
-	for _ in $(seq 1 300); do
-		kill -0 "$p" 2>/dev/null || break
-		sleep 0.05
-	done
-	wait "$p" 2>/dev/null
-	local rc=$?
-	[ $rc -eq 0 ] || echo "note: ftd on host$1 exited $rc" >> "$T/ftd$1.log"
+	stop_daemon "$p" "$T/ftd$1.log" "ftd on host$1"
 	_hftd[$1]=
 	rm -f "$T/$1.sock"
 }

@@ -89,6 +89,45 @@ topo() {
 #    the client's bridge lan (10.77.0.1/24), so a VM on either host with
 #    --net ...,bridge=br0 is on the client's LAN and can move between them.
 # Sets ANS BNS CNS A_IP B_IP.  Removed at exit.
+# lan_uplink NS CNS PEER: bridge br0 in host namespace NS, joined by a veth
+# (uplink in NS, PEER in CNS) to CNS's bridge lan.
+lan_uplink() {
+	ip -n "$1" link add br0 type bridge
+	ip -n "$1" link set br0 up
+	ip -n "$1" link add uplink type veth peer name "$3" netns "$2"
+	ip -n "$1" link set uplink master br0 up
+	ip -n "$2" link set "$3" master lan up
+}
+
+# stop_daemon PID LOG LABEL: SIGTERM, wait up to 15 s, reap; a non-zero
+# exit status is noted in LOG.  Returns that status.
+stop_daemon() {
+	kill "$1" 2>/dev/null
+	for _ in $(seq 1 300); do
+		kill -0 "$1" 2>/dev/null || break
+		sleep 0.05
+	done
+	wait "$1" 2>/dev/null
+	local rc=$?
+	[ $rc -eq 0 ] || echo "note: $3 exited $rc" >> "$2"
+	return $rc
+}
+
+# client_load NS IP C P: from namespace NS, a ledger writer on 8
+# connections (into $T/ledger) and redis-benchmark (-c C -P P, SET and GET
+# over 100k keys) against the kvstore at IP:6379, both in the background
+# until killed.  Sets LEDGER and BENCH.
+client_load() {
+	ip netns exec "$1" python3 "$TOP/tests/e2e/ledger.py" write "$2" 6379 \
+		"$T/ledger" 8 > "$T/ledger.out" 2>&1 &
+	LEDGER=$!
+	_pids+=($LEDGER)
+	ip netns exec "$1" redis-benchmark -h "$2" -t set,get -n 100000000 \
+		-c "$3" -P "$4" -r 100000 -q > "$T/bench.out" 2>&1 &
+	BENCH=$!
+	_pids+=($BENCH)
+}
+
 hosts2() {
 	ANS=$1-a BNS=$1-b CNS=$1-c A_IP=10.78.0.1 B_IP=10.78.0.2
 	netns "$ANS"
@@ -100,12 +139,7 @@ hosts2() {
 	ip -n "$CNS" link set lan up
 	ip -n "$CNS" addr add 10.77.0.1/24 dev lan
 	for n in a b; do
-		local h=$1-$n
-		ip -n "$h" link add br0 type bridge
-		ip -n "$h" link set br0 up
-		ip -n "$h" link add uplink type veth peer name p$n netns "$CNS"
-		ip -n "$h" link set uplink master br0 up
-		ip -n "$CNS" link set p$n master lan up
+		lan_uplink "$1-$n" "$CNS" p$n
 	done
 	ip -n "$ANS" link add mig type veth peer name mig netns "$BNS"
 	ip -n "$ANS" addr add "$A_IP/24" dev mig

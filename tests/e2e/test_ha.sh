@@ -54,14 +54,7 @@ pong || fail "kvstore stopped answering after refused protects"
 ok "refused protects leave kv running unprotected"
 
 # Protect, under load.
-ip netns exec "$NSC" python3 "$TOP/tests/e2e/ledger.py" write $GIP 6379 "$T/ledger" 8 \
-	> "$T/ledger.out" 2>&1 &
-LEDGER=$!
-_pids+=($LEDGER)
-ip netns exec "$NSC" redis-benchmark -h $GIP -t set,get -n 100000000 -c 4 -P 8 \
-	-r 100000 -q > "$T/bench.out" 2>&1 &
-BENCH=$!
-_pids+=($BENCH)
+client_load "$NSC" $GIP 4 8
 sleep 1
 hctl A protect kv hostB --witness hostW > "$T/prot.out" 2> "$T/prot.err" ||
 	fail "protect: $(cat "$T/prot.out" "$T/prot.err"; tail -5 "$T/ftdA.log" "$T/ftdB.log")"

@@ -30,14 +30,7 @@ hctl A protect kv hostB --witness hostW > "$T/prot.out" 2>&1 ||
 	fail "protect: $(cat "$T/prot.out")"
 ok "$(tail -1 "$T/prot.out")"
 
-ip netns exec "$NSC" python3 "$TOP/tests/e2e/ledger.py" write $GIP 6379 "$T/ledger" 8 \
-	> "$T/ledger.out" 2>&1 &
-LEDGER=$!
-_pids+=($LEDGER)
-ip netns exec "$NSC" redis-benchmark -h $GIP -t set,get -n 100000000 -c 2 -P 4 \
-	-r 100000 -q > "$T/bench.out" 2>&1 &
-BENCH=$!
-_pids+=($BENCH)
+client_load "$NSC" $GIP 2 4
 ip netns exec "$NSC" python3 "$TOP/tests/e2e/gapprobe.py" $GIP 6379 "$T/gaps" &
 PROBE=$!
 _pids+=($PROBE)

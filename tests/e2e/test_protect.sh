@@ -44,14 +44,7 @@ expect_fail 1 'this is a backup: only' ctl "$SB" pause
 ok "a backup without a replica refuses to fail over"
 
 # Protect, under load.
-ip netns exec "$CNS" python3 "$TOP/tests/e2e/ledger.py" write $GIP 6379 "$T/ledger" 8 \
-	> "$T/ledger.out" 2>&1 &
-LEDGER=$!
-_pids+=($LEDGER)
-ip netns exec "$CNS" redis-benchmark -h $GIP -t set,get -n 100000000 -c 4 -P 8 \
-	-r 100000 -q > "$T/bench.out" 2>&1 &
-BENCH=$!
-_pids+=($BENCH)
+client_load "$CNS" $GIP 4 8
 sleep 1
 ctl "$SA" protect "$BK_ADDR" $TA --peer-name hostb > "$T/prot.out" 2> "$T/prot.err" ||
 	fail "protect: $(cat "$T/prot.out" "$T/prot.err" "$T/bk.out.err")"
